@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - create .venv, install, compile + benchmark the built-in demo model
+#   make test   - create .venv, install, run the test suite (what .ci/run calls)
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+DEB_PKGS := g++-aarch64-linux-gnu openssh-server
+
+.PHONY: setup system-deps demo test test-slow bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,tune]'
+	touch $(STAMP)
+
+# Debian packages: a cross compiler for ARM targets, sshd for the remote-device tests.
+system-deps:
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: missing Debian packages:$$missing (run as root or: sudo apt-get install$$missing)"; fi; \
+	fi
+
+setup: $(STAMP) system-deps
+
+demo: setup
+	$(VENV)/bin/edgeprune compile --model zoo:digits-cnn --target host --out reports/demo
+
+test: setup
+	$(PY) -m pytest -q
+
+# Long real work (tuning, emulated ARM device, full benchmarks); CI runs a small form of it.
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) benchmarks/backends.py
+
+clean:
+	rm -rf $(VENV) out reports/demo .pytest_cache

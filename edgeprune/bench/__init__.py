@@ -1,0 +1,1 @@
+"""Benchmarking: deploy bundles, the on-device runner, executors (local, SSH), statistics."""

@@ -1,0 +1,1 @@
+"""ONNX export and the backend compilers behind one interface."""

@@ -1,0 +1,1 @@
+"""Loading and validation of targets/*.yaml and devices.yaml, with file:line errors."""

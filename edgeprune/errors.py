@@ -1,0 +1,74 @@
+"""One exception root for the package, with a stable exit code per failure kind.
+
+The CLI catches :class:`EdgepruneError` once at the top and prints ``str(err)`` as a
+single line (plus the hint, if any); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+
+class EdgepruneError(Exception):
+    """Base of every error edgeprune raises on purpose. ``hint`` says how to fix it."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} ({self.hint})"
+
+
+class ConfigError(EdgepruneError):
+    """A YAML file (target, device, matrix) is missing, malformed or has a bad field."""
+
+    exit_code = 3
+
+
+class ModelError(EdgepruneError):
+    """A model spec cannot be resolved, read, traced or exported."""
+
+    exit_code = 4
+
+
+class BackendError(EdgepruneError):
+    """A backend is unknown, not installed, or failed to build an artifact."""
+
+    exit_code = 5
+
+
+class BenchError(EdgepruneError):
+    """A benchmark run failed, timed out, or produced wrong outputs."""
+
+    exit_code = 6
+
+
+class DeviceError(EdgepruneError):
+    """A device is unreachable, refuses us, or lacks a runtime."""
+
+    exit_code = 7
+
+
+class PruneError(EdgepruneError):
+    """Pruning cannot satisfy the request (budget unreachable, accuracy gate failed)."""
+
+    exit_code = 8
+
+
+class DependencyError(EdgepruneError):
+    """An optional Python package is not installed."""
+
+    exit_code = 9
+
+
+def require(module: str, extra: str | None = None):
+    """Import ``module`` lazily; turn ImportError into a DependencyError with a fix."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        hint = f"pip install 'edgeprune[{extra}]'" if extra else f"pip install {module}"
+        raise DependencyError(f"Python package '{module}' is not importable: {exc}", hint) from exc
