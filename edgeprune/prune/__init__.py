@@ -1,0 +1,1 @@
+"""Structured pruning: the prune space of a model, importance criteria, search strategies."""
