@@ -1,0 +1,191 @@
+"""Executors run a deploy bundle's runner somewhere and bring back its results.
+
+:class:`Executor` is the interface (local process today, SSH later); everything a
+subclass needs to know about *where* the bundle lives stays inside the subclass. The
+result contract is the same for all: one :class:`JobResult` per requested job, in
+manifest order; a job that did not finish (timeout, runner crash) comes back with
+``ok=False`` and an error instead of throwing away the jobs that did finish.
+:class:`BenchError` is raised only when nothing at all was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from edgeprune.bench.bundle import RUNNER_SOURCE, JobResult
+from edgeprune.errors import BenchError, DeviceError
+
+RESULTS_FILE = "results.jsonl"
+PROBE_TIMEOUT_S = 120.0
+
+
+class Executor(ABC):
+    """Runs bundles on one device."""
+
+    name: str = ""
+
+    @abstractmethod
+    def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None) -> list[JobResult]:
+        """Run the bundle's jobs (or ``only`` those ids) within ``timeout_s`` seconds."""
+
+    @abstractmethod
+    def probe(self) -> dict[str, Any]:
+        """What the device is: ``python runner.py --probe`` output (arch, cpu, python, runtimes)."""
+
+
+# ---- helpers shared by executors ---------------------------------------------------------
+def manifest_jobs(bundle_dir: Path) -> list[dict[str, Any]]:
+    """The job dicts of a local bundle's manifest (BenchError if unreadable)."""
+    path = bundle_dir / "manifest.json"
+    try:
+        m = json.loads(path.read_text())
+        jobs = m["jobs"]
+        if not isinstance(jobs, list):
+            raise TypeError("'jobs' is not a list")
+        return jobs
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BenchError(f"cannot read bundle manifest {path}: {exc}", "rebuild the bundle") from None
+
+
+def parse_results(text: str) -> list[JobResult]:
+    """JobResults from results.jsonl text; a truncated line (killed runner) is skipped."""
+    out: list[JobResult] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and "id" in d and "ok" in d:
+            out.append(JobResult.from_dict(d))
+    return out
+
+
+def complete_results(jobs: list[dict[str, Any]], results: list[JobResult], missing_error: str) -> list[JobResult]:
+    """One result per job in manifest order (the last line wins); absent jobs get ``missing_error``."""
+    by_id = {r.id: r for r in results}
+    out = []
+    for j in jobs:
+        r = by_id.get(j["id"])
+        if r is None:
+            r = JobResult(id=j["id"], ok=False, backend=j.get("backend", ""), error=missing_error,
+                          threads=j.get("threads"))
+        out.append(r)
+    return out
+
+
+def last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+class LocalExecutor(Executor):
+    """Runs ``python runner.py BUNDLE`` as a child process on this machine."""
+
+    name = "local"
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.last_stdout = ""
+        self.last_stderr = ""
+
+    def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None) -> list[JobResult]:
+        bundle_dir = Path(bundle_dir).resolve()
+        runner = bundle_dir / "runner.py"
+        if not runner.is_file():
+            raise BenchError(f"{bundle_dir} has no runner.py; it is not a deploy bundle", "rebuild the bundle")
+        jobs = manifest_jobs(bundle_dir)
+        if only:
+            known = {j["id"] for j in jobs}
+            unknown = [o for o in only if o not in known]
+            if unknown:
+                raise BenchError(f"unknown job id(s) {unknown}; the bundle has {sorted(known)}")
+            jobs = [j for j in jobs if j["id"] in set(only)]
+
+        results_path = bundle_dir / RESULTS_FILE
+        if only is None and results_path.exists():
+            results_path.unlink()  # a full run starts clean; partial runs append
+        offset = results_path.stat().st_size if results_path.exists() else 0
+
+        cmd = [self.python, str(runner), str(bundle_dir)] + (["--only", *only] if only else [])
+        try:
+            proc = subprocess.Popen(
+                cmd, cwd=str(bundle_dir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,  # own process group: killable as a whole
+            )
+        except OSError as exc:
+            raise BenchError(f"cannot start the runner with {self.python}: {exc}") from None
+
+        timed_out = False
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            self._kill_group(proc)
+            out, err = proc.communicate()
+        self.last_stdout = out.decode("utf-8", "replace")
+        self.last_stderr = err.decode("utf-8", "replace")
+        self._write_log(bundle_dir)
+        rc = proc.returncode
+
+        results = self._new_results(results_path, offset)
+        if timed_out:
+            missing = f"timed out after {timeout_s:g}s"
+        elif rc == 2 and not results:
+            raise BenchError(f"runner rejected the bundle: {last_line(self.last_stderr) or 'exit code 2'}")
+        elif rc not in (0, 1):
+            tail = last_line(self.last_stderr)
+            missing = f"runner crashed (exit code {rc})" + (f": {tail}" if tail else "")
+        else:
+            missing = "runner finished without reporting this job" + (
+                f": {last_line(self.last_stderr)}" if last_line(self.last_stderr) else "")
+        if not results and (timed_out or rc not in (0, 1)):
+            raise BenchError(f"benchmark on device '{self.name}' produced no results: {missing}")
+        return complete_results(jobs, results, missing)
+
+    def probe(self) -> dict[str, Any]:
+        try:
+            cp = subprocess.run([self.python, str(RUNNER_SOURCE), "--probe"], capture_output=True,
+                                timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DeviceError(f"cannot run the runner probe with {self.python}: {exc}") from None
+        if cp.returncode != 0:
+            tail = last_line(cp.stderr.decode("utf-8", "replace"))
+            raise DeviceError(f"runner probe failed (exit code {cp.returncode}): {tail}")
+        try:
+            return json.loads(cp.stdout.decode("utf-8", "replace"))
+        except json.JSONDecodeError as exc:
+            raise DeviceError(f"runner probe printed invalid JSON: {exc}") from None
+
+    # ---- internals -------------------------------------------------------------------
+    @staticmethod
+    def _kill_group(proc: subprocess.Popen) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the runner and its worker processes
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+
+    @staticmethod
+    def _new_results(path: Path, offset: int) -> list[JobResult]:
+        if not path.exists():
+            return []
+        with path.open("rb") as f:
+            f.seek(offset)
+            return parse_results(f.read().decode("utf-8", "replace"))
+
+    def _write_log(self, bundle_dir: Path) -> None:
+        try:
+            (bundle_dir / "runner.log").write_text(
+                "--- stdout ---\n" + self.last_stdout + "\n--- stderr ---\n" + self.last_stderr
+            )
+        except OSError:
+            pass
