@@ -34,10 +34,10 @@ def test_help_is_instant_and_lists_the_verbs():
 
 def test_targets_and_devices_are_listed():
     res = run("targets", "--json")
-    names = {t["name"] for t in json.loads(res.output)}
+    names = {t["name"] for t in json.loads(res.stdout)}
     assert {"host", "x86-avx2", "rpi4", "jetson-orin-nano", "mali-g610"} <= names
     res = run("devices", "--json")
-    assert [d["name"] for d in json.loads(res.output)] == ["local"]
+    assert [d["name"] for d in json.loads(res.stdout)] == ["local"]
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +80,7 @@ def test_bench_times_a_prebuilt_artifact(digits_compiled, tmp_path):
     res = run("bench", "--model", "zoo:digits-cnn", "--backend", "onnxruntime", "--artifact", onnx_art,
               "--out", str(tmp_path / "b"), "--json", *FAST)
     assert res.exit_code == 0, res.output
-    s = json.loads(res.output)
+    s = json.loads(res.stdout)  # --json: stdout is machine-readable, progress went to stderr
     assert s["backends"][0]["verified"] is True
 
 
