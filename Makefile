@@ -11,7 +11,7 @@ DEB_PKGS := g++-aarch64-linux-gnu openssh-server
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,tune]'
+	$(PY) -m pip install --quiet -e '.[test,tune,rpc]'
 	touch $(STAMP)
 
 # Debian packages: a cross compiler for ARM targets, sshd for the remote-device tests.

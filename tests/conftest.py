@@ -11,11 +11,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
-def _repo_cwd(monkeypatch):
+def _repo_cwd(monkeypatch, tmp_path):
     """Tests run from the repo root, as a user following the README would."""
     monkeypatch.chdir(REPO)
+    monkeypatch.setenv("EDGEPRUNE_DB", str(tmp_path / "results.sqlite"))  # recorded runs stay out of the repo
     monkeypatch.delenv("EDGEPRUNE_DEVICES", raising=False)
     monkeypatch.delenv("EDGEPRUNE_TARGETS_DIR", raising=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_tuning_db(tmp_path_factory):
+    """TVM builds in tests use an empty tuning database unless a test tunes into its own:
+    the user's records (~/.cache/edgeprune/tuning) must not change what the suite builds."""
+    old = os.environ.get("EDGEPRUNE_TUNING_DIR")
+    os.environ["EDGEPRUNE_TUNING_DIR"] = str(tmp_path_factory.mktemp("tuning"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEPRUNE_TUNING_DIR", None)
+    else:
+        os.environ["EDGEPRUNE_TUNING_DIR"] = old
 
 
 @pytest.fixture(scope="session")

@@ -300,6 +300,8 @@ class Model(object):
     runtime_version = None
     #: [(name, shape-or-None, numpy dtype-or-None)] when the runtime can tell
     input_specs = None
+    #: thread/affinity settings the runtime actually runs with (recorded in env.runtime_settings)
+    settings = None
 
     def prepare(self, arrays):
         raise NotImplementedError
@@ -342,6 +344,9 @@ class OrtModel(Model):
         so.log_severity_level = 3
         providers = options.get("providers") or ["CPUExecutionProvider"]
         self.sess = ort.InferenceSession(path, so, providers=providers)
+        self.settings = {"intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": 1,
+                         "execution_mode": "sequential", "graph_optimization_level": level_name,
+                         "providers": self.sess.get_providers()}
         self.names = [i.name for i in self.sess.get_inputs()]
         self.input_specs = [
             (i.name, [d if isinstance(d, int) else None for d in i.shape], ORT_TYPES.get(i.type))
@@ -369,12 +374,19 @@ class OvModel(Model):
         device = str(options.get("device", "CPU"))
         config = {}
         for k, v in options.items():
-            if k == "device":
+            if k == "device" or k.upper() == "CPU_AFFINITY":  # affinity is applied to the process, not OV
                 continue
             config[k.upper()] = str(v)
         config["INFERENCE_NUM_THREADS"] = str(threads)
         config.setdefault("PERFORMANCE_HINT", "LATENCY")
         self.compiled = core.compile_model(path, device, config)
+        self.settings = {}
+        for key in ("INFERENCE_NUM_THREADS", "PERFORMANCE_HINT", "NUM_STREAMS", "ENABLE_CPU_PINNING",
+                    "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE", "INFERENCE_PRECISION_HINT"):
+            try:
+                self.settings[key] = str(self.compiled.get_property(key))
+            except Exception:  # noqa: BLE001 - not every plugin/version has every property
+                pass
         self.request = self.compiled.create_infer_request()
         self.n_out = len(self.compiled.outputs)
         specs = []
@@ -422,6 +434,8 @@ class TvmModel(Model):
         self.lib = tvm.runtime.load_module(path)
         self.vm = relax.VirtualMachine(self.lib, self.dev)
         self.main = self.vm["main"]
+        self.settings = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "device": device,
+                         "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS", "1 (default)")}
 
     def prepare(self, arrays):
         return [self.tvm.runtime.tensor(a, self.dev) for a in arrays]
@@ -571,6 +585,39 @@ def accuracy(np, model, path, task, dtypes):
     return 100.0 * correct / total, total
 
 
+_ORIGINAL_AFFINITY = []
+
+
+def parse_cores(spec):
+    """[0, 1], "0,1" or "0-3" -> sorted list of core ids."""
+    if isinstance(spec, (list, tuple)):
+        return sorted(int(c) for c in spec)
+    cores = set()
+    for part in str(spec).replace(" ", "").split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            cores.update(range(int(lo), int(hi) + 1))
+        elif part:
+            cores.add(int(part))
+    return sorted(cores)
+
+
+def apply_affinity(options):
+    """Pin this worker process to the job's ``cpu_affinity`` cores (option of any backend),
+    or restore the original mask; returns the cores it may run on (None where the OS
+    cannot tell). Every runtime's threads inherit the process mask."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    if not _ORIGINAL_AFFINITY:
+        _ORIGINAL_AFFINITY.append(os.sched_getaffinity(0))
+    want = options.get("cpu_affinity", options.get("CPU_AFFINITY"))
+    try:
+        os.sched_setaffinity(0, parse_cores(want) if want not in (None, "", []) else _ORIGINAL_AFFINITY[0])
+    except (OSError, ValueError) as exc:
+        raise JobError("cannot pin to cores %r: %s" % (want, one_line(exc)))
+    return sorted(os.sched_getaffinity(0))
+
+
 def run_job(job, bundle, env):
     """Run one job in this process; always returns a result dict (never raises)."""
     result = {
@@ -595,6 +642,9 @@ def run_job(job, bundle, env):
         if not os.path.isfile(artifact):
             raise JobError("artifact %s is missing from the bundle" % job["artifact"])
         inputs = load_arrays(np, os.path.join(bundle, job["inputs"]), "in")
+        cores = apply_affinity(job.get("options") or {})  # before the runtime starts its threads
+        if cores is not None:
+            result["env"]["affinity"] = cores
         t0 = time.perf_counter()
         if backend == "tvm" and "tvm" not in sys.modules:
             os.environ["TVM_NUM_THREADS"] = str(threads)  # must be set before TVM is imported
@@ -610,6 +660,8 @@ def run_job(job, bundle, env):
         result["load_s"] = round(time.perf_counter() - t0, 4)
         result["runtime_version"] = model.runtime_version
         result["env"]["runtime_version"] = model.runtime_version
+        if model.settings is not None:
+            result["env"]["runtime_settings"] = model.settings
         if backend == "tvm" and os.environ.get("TVM_NUM_THREADS") != str(threads):
             result["env"]["threads_note"] = "TVM was already imported with TVM_NUM_THREADS=%s" % (
                 os.environ.get("TVM_NUM_THREADS"))

@@ -24,6 +24,12 @@ _COMMANDS = {
     "targets": "edgeprune.cli.info:targets_cmd",
     "devices": "edgeprune.cli.info:devices_cmd",
     "models": "edgeprune.cli.info:models_cmd",
+    "profile": "edgeprune.cli.profile_cmd:profile_cmd",
+    "prune": "edgeprune.cli.prune_cmd:prune_cmd",
+    "results": "edgeprune.cli.results_cmd:results_cmd",
+    "nightly": "edgeprune.cli.nightly_cmd:nightly_cmd",
+    "report": "edgeprune.cli.report_cmd:report_cmd",
+    "tune": "edgeprune.cli.tune_cmd:tune_cmd",
 }
 
 
@@ -58,6 +64,16 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted: results already written are kept", err=True)
             sys.exit(130)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:  # a bug or an unexpected library failure
+            if _debug(ctx):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            click.echo(
+                f"Error: unexpected {type(exc).__name__}: {first} (rerun with --debug for the traceback)", err=True
+            )
+            sys.exit(1)
 
 
 def _debug(ctx: click.Context) -> bool:

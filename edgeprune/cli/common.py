@@ -62,6 +62,9 @@ def bench_options(f: Callable) -> Callable:
     @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed warm-up runs.")
     @click.option("--timeout", type=click.FloatRange(1), default=1800.0, show_default=True,
                   help="Seconds before a device run is killed (results finished so far are kept).")
+    @click.option("--eval-samples", type=click.IntRange(1), expose_value=False, callback=_store_meta,
+                  help="Score accuracy on at most this many held-out samples (default: all; "
+                       "fewer for slow or emulated devices).")
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
         return f(*args, **kwargs)
@@ -69,8 +72,16 @@ def bench_options(f: Callable) -> Callable:
     return wrapper
 
 
+def _store_meta(ctx: click.Context, param: click.Parameter, value):
+    # options every bench command shares without widening each command's signature
+    ctx.meta[f"edgeprune.{param.name}"] = value
+    return value
+
+
 def bench_settings(threads, min_runs, min_time, max_time, warmup, timeout):
     from edgeprune.compile.pipeline import BenchSettings
 
+    ctx = click.get_current_context(silent=True)
+    eval_samples = ctx.meta.get("edgeprune.eval_samples") if ctx is not None else None
     return BenchSettings(warmup=warmup, min_runs=min_runs, min_time_s=min_time, max_time_s=max_time,
-                         threads=threads, timeout_s=timeout)
+                         threads=threads, timeout_s=timeout, eval_samples=eval_samples)

@@ -66,3 +66,9 @@ def models_cmd(as_json: bool) -> None:
         print_json([{"name": n, "description": d} for n, d in entries])
         return
     table("Model zoo", ["spec", "description"], [[f"zoo:{n}", d] for n, d in entries])
+
+
+# `edgeprune devices check [NAME...]` (connects over SSH; lives in its own module)
+from edgeprune.cli.devices_check import check_cmd as _check_cmd  # noqa: E402
+
+devices_cmd.add_command(_check_cmd)

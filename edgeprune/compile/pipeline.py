@@ -10,9 +10,11 @@ from __future__ import annotations
 import datetime as _dt
 import shutil
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from edgeprune.bench.stats import LatencyStats
 from edgeprune.compile.analysis import graph_cost
 from edgeprune.compile.backends import Artifact, get_backend
 from edgeprune.compile.export import ExportResult, export_onnx, torch_outputs
+from edgeprune.compile.quantize import INT8_BACKENDS, INT8_OUTPUT_REL_TOL, INT8_PARITY_RULE, QuantizeResult, quantize_int8
 from edgeprune.compile.summary import BackendResult, CompileSummary, ModelFigures
 from edgeprune.config.devices import Device
 from edgeprune.config.targets import Target
@@ -31,6 +34,8 @@ from edgeprune.errors import BackendError, EdgepruneError
 from edgeprune.models.base import LoadedModel
 
 REFERENCE_BACKEND = "onnxruntime"
+#: held while exporting and building, so several devices can run compile_model in threads
+_PREPARE_LOCK = threading.RLock()
 Log = Callable[[str], None]
 
 
@@ -60,6 +65,9 @@ class CompileOptions:
     parity_rtol: float = 1e-3
     accuracy_tolerance: float = 1.0  # points an artifact may lose vs the reference and still be chosen
     prebuilt: tuple[tuple[str, str], ...] = ()  # (backend, artifact path): time these instead of building
+    prune: Any = None  # edgeprune.prune.api.PruneOptions: prune first, measure original and pruned side by side
+    quantize: str | None = None  # "int8": also build INT8 (QDQ) artifacts of the exported model, timed beside fp32
+    calibration_samples: int = 256  # real training samples that calibrate INT8 activation ranges
 
 
 def reference_outputs(model: LoadedModel, onnx_path: Path) -> list[np.ndarray]:
@@ -120,6 +128,47 @@ def build_artifacts(
     return artifacts, errors
 
 
+def build_int8_artifacts(
+    model: LoadedModel, onnx_path: Path, target: Target, names: list[str], bundle_dir: Path, threads: int | None,
+    options: CompileOptions, artifacts: dict[str, Artifact], errors: dict[str, str], log: Log,
+) -> tuple[QuantizeResult | None, list[str]]:
+    """``--quantize int8``: quantize the exported ONNX (pruned, if pruning ran) and build an
+    ``<backend>-int8`` artifact for every requested backend that runs QDQ models in int8.
+
+    Adds to ``artifacts`` / ``errors`` in place; returns (quantization record, int8 names).
+    """
+    if not options.quantize:
+        return None, []
+    if options.quantize != "int8":
+        raise BackendError(f"unknown quantization '{options.quantize}'; choose int8")
+    int8_names = [f"{n}-int8" for n in names if n in INT8_BACKENDS]
+    if not int8_names:
+        log(f"note: --quantize int8 needs one of {', '.join(INT8_BACKENDS)}; none was requested")
+        return None, []
+    try:
+        quant = quantize_int8(model, onnx_path, onnx_path.with_name("model.int8.onnx"),
+                              samples=options.calibration_samples, log=log)
+    except EdgepruneError as exc:
+        for n in int8_names:
+            errors[n] = str(exc)
+        return None, int8_names
+    for n in int8_names:
+        base = n[: -len("-int8")]
+        ok, why = get_backend(base).supports(target)
+        if not ok:
+            errors[n] = f"not supported for target {target.name}: {why}"
+            continue
+        log(f"building {n} artifact for {target.name} ...")
+        try:
+            art = get_backend(base).build(quant.path, target, bundle_dir / n, threads=threads)
+        except EdgepruneError as exc:
+            errors[n] = str(exc)
+            continue
+        art.notes.append(f"INT8 (QDQ) model from {quant.path.name}")
+        artifacts[n] = art
+    return quant, int8_names
+
+
 def choose_backend(
     results: list[BackendResult], reference_acc: float | None, acc_tol: float
 ) -> tuple[str | None, str]:
@@ -132,6 +181,8 @@ def choose_backend(
             rejected.append(f"{r.name} failed parity (max diff {r.max_abs_diff:.2g} > {r.tolerance:.2g})")
         elif reference_acc is not None and r.accuracy is not None and r.accuracy < reference_acc - acc_tol:
             rejected.append(f"{r.name} lost accuracy ({r.accuracy:.2f}% vs {reference_acc:.2f}%)")
+        elif getattr(r, "precision", "fp32") != "fp32" and (r.accuracy is None or reference_acc is None):
+            rejected.append(f"{r.name} accuracy unverified (an {r.precision} artifact is chosen only on labelled data)")
         else:
             passing.append(r)
     if not passing:
@@ -175,8 +226,15 @@ def compile_model(
         shutil.rmtree(bundle_dir)
     bundle_dir.mkdir(parents=True)
 
+    stage = None
+    if options.prune is not None:  # prune first; everything below builds and measures the pruned model
+        from edgeprune.prune.stage import PruneStage
+
+        stage = PruneStage.run(model, target, device, out_dir, options.prune, log)
+        model = stage.pruned
     log(f"exporting {model.name} to ONNX ...")
-    exp: ExportResult = export_onnx(model, out_dir / "model.onnx", tolerance=options.parity_atol)
+    with _PREPARE_LOCK:  # PyTorch export / compilers are not thread-safe; device runs may overlap
+        exp: ExportResult = export_onnx(model, out_dir / "model.onnx", tolerance=options.parity_atol)
     cost = graph_cost(exp.path)
     ref_acc = reference_accuracy(model)
     original = ModelFigures(params=cost.params, macs=cost.macs, accuracy=ref_acc)
@@ -186,13 +244,17 @@ def compile_model(
         get_backend(n)  # unknown names fail here with the list of valid ones
     threads = options.bench.threads or target.num_cores()
     prebuilt = {b: Path(p) for b, p in options.prebuilt}
-    artifacts, build_errors = build_artifacts(exp.path, target, names, bundle_dir, threads, log, prebuilt)
+    with _PREPARE_LOCK:
+        artifacts, build_errors = build_artifacts(exp.path, target, names, bundle_dir, threads, log, prebuilt)
+        quant, int8_names = build_int8_artifacts(model, exp.path, target, names, bundle_dir, threads, options,
+                                                 artifacts, build_errors, log)
 
     expected = reference_outputs(model, exp.path)
     save_arrays(bundle_dir / "data" / "inputs.npz", "in", model.example_inputs)
     save_arrays(bundle_dir / "data" / "expected.npz", "out", expected)
     scale = max(float(np.max(np.abs(e))) if e.size else 0.0 for e in expected)
     tolerance = options.parity_atol + options.parity_rtol * scale
+    int8_tolerance = INT8_OUTPUT_REL_TOL * scale  # INT8 parity is accuracy-based; see quantize.INT8_PARITY_RULE
     has_eval = False
     if model.data is not None:
         has_eval = save_eval(bundle_dir / "data" / "eval.npz", model.data.val, model.batch_size, options.bench.eval_samples) > 0
@@ -201,13 +263,13 @@ def compile_model(
     jobs = [
         BenchJob(
             id=name,
-            backend=name,
+            backend=art.backend,
             artifact=str(art.path.relative_to(bundle_dir)),
             inputs="data/inputs.npz",
             expected="data/expected.npz",
             eval="data/eval.npz" if has_eval else None,
             task=model.data.task if model.data else None,
-            tolerance=tolerance,
+            tolerance=int8_tolerance if name in int8_names else tolerance,
             threads=threads,
             options=art.options,
             warmup=s.warmup,
@@ -218,7 +280,15 @@ def compile_model(
         for name, art in artifacts.items()
     ]
 
+    if stage is not None:
+        template = {k: v for k, v in jobs[0].__dict__.items()} if jobs else {}
+        if template:
+            jobs = stage.interleave(jobs, stage.original_jobs(
+                bundle_dir, target, names, threads, template, options.parity_atol, options.parity_rtol, log))
+
     notes = list(model.notes)
+    if quant is not None:
+        notes += [quant.describe(), INT8_PARITY_RULE + "."] + quant.notes
     can_run = device.kind != "local" or target.is_native
     run_results: dict[str, JobResult] = {}
     bench_error: str | None = None
@@ -237,14 +307,15 @@ def compile_model(
 
     flops = 2 * cost.macs
     backends: list[BackendResult] = []
-    for name in names:
+    for name in names + int8_names:
         art = artifacts.get(name)
         br = BackendResult(
             name=name,
             artifact=str(art.path) if art else None,
             backend_version=getattr(art, "backend_version", None),
             build_seconds=getattr(art, "build_seconds", None),
-            tolerance=tolerance,
+            tolerance=int8_tolerance if name in int8_names else tolerance,
+            precision="int8" if name in int8_names else "fp32",
             notes=list(getattr(art, "notes", []) or []),
         )
         if art is None:
@@ -287,6 +358,11 @@ def compile_model(
     if chosen_res is not None and chosen_res.latency_ms is not None:
         original.latency_ms = chosen_res.latency_ms.to_dict()
 
+    pruned_figures = None
+    if stage is not None:
+        original, pruned_figures, stage_notes = stage.figures(original, run_results, chosen)
+        notes += stage_notes
+
     env = next((b.env for b in backends if b.env), {})
     summary = CompileSummary(
         model=model.spec,
@@ -294,7 +370,7 @@ def compile_model(
         device=device.name,
         backend=chosen,
         original=original,
-        pruned=None,
+        pruned=pruned_figures,
         backends=backends,
         export=exp.to_dict(),
         choice_reason=reason,

@@ -42,12 +42,16 @@ def render_markdown(s: CompileSummary) -> str:
             f"{_fmt(b.speedup_vs_reference, '.2f', '×')} | {_fmt(None if b.roofline_fraction is None else 100 * b.roofline_fraction, '.1f', '%')} | "
             f"{parity} | {_fmt(b.accuracy, '.2f', '%')} | {_fmt(b.build_seconds, '.1f')} |"
         )
-    tol = next((b.tolerance for b in s.backends if b.tolerance is not None), None)
+    tol = next((b.tolerance for b in s.backends if b.tolerance is not None and b.precision == "fp32"), None)
+    tol8 = next((b.tolerance for b in s.backends if b.tolerance is not None and b.precision == "int8"), None)
     lines += [
         "",
-        f"Parity tolerance: |artifact − reference| ≤ {_fmt(tol, '.1e')} (1e-4 + 1e-3 × max |reference output|). "
+        f"Parity tolerance: |artifact − reference| ≤ {_fmt(tol, '.1e')} (1e-4 + 1e-3 × max |reference output|)"
+        + (f"; INT8 rows ≤ {_fmt(tol8, '.1e')} (0.25 × max |reference output|) and accuracy-gated, see notes"
+           if tol8 is not None else "") + ". "
         "Roofline: achieved FLOP/s (2 × MACs / median) over the target's theoretical fp32 peak "
-        "(cores × GHz × FMA units × fp32 lanes × 2).",
+        "(cores × GHz × FMA units × fp32 lanes × 2)" + ("; INT8 rows can exceed 100 %" if tol8 is not None else "")
+        + ".",
     ]
     if s.pruned is not None:
         p, o = s.pruned, s.original

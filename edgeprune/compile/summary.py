@@ -32,6 +32,7 @@ class BackendResult:
     threads: int | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    precision: str = "fp32"  # "int8" for artifacts of the quantized model (--quantize int8)
     times_ms: list[float] = field(default_factory=list, repr=False)
     env: dict[str, Any] = field(default_factory=dict, repr=False)
 

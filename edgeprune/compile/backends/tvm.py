@@ -20,6 +20,7 @@ Without records TVM is far slower than ONNX Runtime on CPUs (see DESIGN.md).
 from __future__ import annotations
 
 import platform
+import re
 import shutil
 import time
 from pathlib import Path
@@ -139,15 +140,19 @@ class TvmBackend(Backend):
             )(mod)
             tdict = self.target_dict(target)
             tvm_target = tvm.target.Target(tdict)
-            applied = None
+            applied, tuning_error = None, None
             records = tuning.records_for(target)  # MetaSchedule records from `edgeprune tune`, if any
             if records is not None:
-                mod, applied = tuning.apply_records(mod, tvm_target, records)
+                try:
+                    mod, applied = tuning.apply_records(mod, tvm_target, records)
+                except tuning.TuningError as exc:  # unusable records must not stop the build
+                    tuning_error = str(exc)
             with tvm.transform.PassContext(opt_level=int(opts.get("opt_level", 3))):
                 ex = tvm.compile(mod, target=tvm_target)
             kernels = gpu_kernel_source(ex) if target.accelerator != "none" else None
             if kernels is not None:  # kept beside the artifact for inspection; not needed at run time
                 (out_dir / f"kernels.{kernels[0]}").write_text(kernels[1])
+                n_kernels = len(re.findall(r"(?:__global__|__kernel) void [^;{]*\{", kernels[1]))
             if cc is None:
                 ex.export_library(str(so_path))
             else:
@@ -161,7 +166,11 @@ class TvmBackend(Backend):
         device = {"cuda": "cuda", "opencl": "opencl"}.get(target.accelerator, "cpu")
         # the runner reads device + threads (TVM_NUM_THREADS); target is recorded for reproducibility
         options: dict[str, Any] = {"device": device, "threads": int(threads or target.num_cores()), "target": tdict}
+        if opts.get("cpu_affinity") is not None:  # the runner pins its worker process to these cores
+            options["cpu_affinity"] = opts["cpu_affinity"]
         notes = []
+        if tuning_error is not None:
+            notes.append(f"{tuning_error}; built untuned")
         if applied is not None:
             options["tuning_db"] = applied.database
             options["kernels_tuned"] = [applied.kernels_tuned, applied.kernels]
@@ -181,6 +190,8 @@ class TvmBackend(Backend):
             notes.append(
                 "compile-verified only: OpenCL kernels scheduled with tvm.s_tir.dlight GPU rules, not run here"
             )
+        if kernels is not None:
+            notes.append(f"{n_kernels} {target.accelerator} kernels; device source in kernels.{kernels[0]} beside the .so")
         if cc is not None:
             notes.append(f"cross-compiled with {cc}")
         return Artifact(

@@ -1,0 +1,104 @@
+"""``edgeprune nightly``: the whole matrix, judged against its baselines, with reports.
+
+Exit codes are a contract for cron and CI: 0 no regression, 1 a regression (latency,
+accuracy or parity), 2 the run itself failed (bad matrix file, a cell that could not be
+measured, interrupted). Whatever completed is stored and reported in every case.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from edgeprune.cli.output import err, log, out, print_json, table
+from edgeprune.cli.results_cmd import db_option
+
+EXIT_OK, EXIT_REGRESSION, EXIT_FAILED = 0, 1, 2
+
+
+def _sigterm_to_interrupt(signum, frame):  # CI runners stop jobs with SIGTERM
+    raise KeyboardInterrupt
+
+
+@click.command("nightly")
+@click.option("--matrix", "-m", "matrix", type=click.Path(dir_okay=False, path_type=Path), default=Path("nightly.yaml"),
+              show_default=True, help="Matrix file: models x targets x devices x backends, bench and detection settings.")
+@db_option
+@click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/nightly"),
+              show_default=True, help="Where report.html, report.md, report.json and junit.xml are written.")
+@click.option("--format", "formats", type=click.Choice(["html", "md", "json", "junit"]), multiple=True,
+              help="Report formats to write (repeatable; default: all four).")
+@click.option("--since", default="30d", show_default=True, help="History shown in the report.")
+@click.option("--baseline", "pin", type=click.IntRange(1), default=None, metavar="RUN_ID",
+              help="Compare with this run instead of the last good runs (overrides the matrix file).")
+@click.option("--shard", metavar="I/N", default=None, help="Run only the I-th of N slices of the matrix (CI sharding).")
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Scratch space for models and bundles (default: out/nightly).")
+@click.option("--keep-work", is_flag=True, help="Keep the compiled bundles after the run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
+@click.pass_context
+def nightly_cmd(ctx, matrix, db, report_dir, formats, since, pin, shard, work_dir, keep_work, as_json) -> None:
+    """Run a benchmark matrix, detect regressions against history, write reports.
+
+    \b
+    Exit code: 0 no regression · 1 regression found · 2 the run failed
+    Example:   edgeprune nightly --matrix nightly.yaml --db results.sqlite --report-dir reports/nightly
+    """
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.results.nightly import run_nightly
+    from edgeprune.results.store import default_db_path
+
+    path = default_db_path(db)
+    if path is None:
+        err.print("Error: nightly needs a results database (--db none is not allowed here)")
+        ctx.exit(EXIT_FAILED)
+    old = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
+    try:
+        result = run_nightly(matrix, path, report_dir, log, shard_spec=shard, pin=pin, work_dir=work_dir,
+                             keep_work=keep_work, formats=tuple(formats) or ("html", "md", "json", "junit"),
+                             since=since, command="edgeprune " + " ".join(sys.argv[1:]))
+    except EdgepruneError as exc:
+        if (ctx.find_root().obj or {}).get("debug"):
+            raise
+        err.print(f"Error: {exc}", markup=False, highlight=False)
+        ctx.exit(EXIT_FAILED)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+    if as_json:
+        print_json({
+            "run_id": result.run_id, "status": result.status, "exit_code": result.exit_code,
+            "seconds": round(result.seconds, 1), "errors": result.errors,
+            "reports": {k: str(v) for k, v in result.reports.items()},
+            "cells": [{"cell": list(o.cell), "regression": o.regression, "failed": o.failed,
+                       "verdicts": [v.to_dict() for v in o.verdicts]} for o in result.outcomes],
+        })
+    else:
+        rows = []
+        for o in sorted(result.outcomes, key=lambda o: (not o.regression, not o.failed, o.cell)):
+            lat = o.latency
+            m = next((x for x in o.measurements if x.ok), o.measurements[-1])
+            flags = [f"{v.kind} {v.verdict}" for v in o.verdicts if v.regression]
+            rows.append([
+                "REGRESSION" if o.regression else "FAILED" if o.failed else "ok",
+                f"{o.cell[0]} {o.cell[3]} {o.cell[1]}/{o.cell[2]}",
+                f"{m.median_ms:.3f}" if m.median_ms else None,
+                (lat.verdict + (f" {lat.ratio - 1:+.1%}" if lat.ratio else "")) if lat else None,
+                f"{lat.ci_low - 1:+.1%}..{lat.ci_high - 1:+.1%}" if lat and lat.ci_low else None,
+                len(o.measurements),
+                f"{m.accuracy:.2f}%" if m.accuracy is not None else None,
+                ", ".join(flags) or (m.error or "")[:70] or None,
+            ])
+        table(f"nightly run {result.run_id}: {result.status} in {result.seconds:.0f} s",
+              ["", "cell", "median ms", "latency", "CI", "batches", "accuracy", "regression / error"], rows,
+              right={2, 5})
+        for k, p in result.reports.items():
+            out.print(f"{k}: {p}", highlight=False)
+        n = len(result.regressions)
+        if result.status != "complete":
+            out.print(f"run {result.status}: {'; '.join(result.errors)[:500] or 'see the report'}", highlight=False)
+        out.print(f"{n} regression(s)" if n else "no regressions", highlight=False)
+    ctx.exit(result.exit_code)

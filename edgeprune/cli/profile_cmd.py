@@ -1,0 +1,206 @@
+"""``edgeprune profile``: measure per-layer latency tables on a device, validate the predictor."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from edgeprune.cli.common import load_model_from_options, model_options
+from edgeprune.cli.output import err, log, out, table
+from edgeprune.latency.grid import DENSITIES
+
+BACKEND_CHOICES = ["auto", "onnxruntime", "openvino", "tvm"]
+
+
+class RichProgress:
+    """A rich progress bar on stderr (a :class:`edgeprune.latency.profiler.ProgressSink`):
+    jobs of the current phase, layer tables done, points measured, elapsed and time left."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._p = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} jobs"),
+            TextColumn("[dim]{task.fields[extra]}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+            console=err, transient=False, disable=not err.is_terminal,
+        )
+        self._task = None
+        self._extra = ""
+        self._started = False
+
+    def phase(self, description: str, total: int) -> None:
+        if not self._started:
+            self._p.start()
+            self._started = True
+        if self._task is not None:
+            self._p.update(self._task, completed=self._p.tasks[self._task].total)
+        self._task = self._p.add_task(description, total=total, extra=self._extra)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._p.advance(self._task, n)
+
+    def status(self, layers_done: int, layers_total: int, points_done: int, points_total: int) -> None:
+        self._extra = f"layer tables {layers_done}/{layers_total}, points {points_done}/{points_total}"
+        if self._task is not None:
+            self._p.update(self._task, extra=self._extra)
+
+    def close(self) -> None:
+        if self._started:
+            self._p.stop()
+            self._started = False
+            self._task = None
+
+
+def _short(cands: list[int], n: int = 6) -> str:
+    if len(cands) <= n:
+        return ",".join(map(str, cands))
+    return ",".join(map(str, cands[: n // 2])) + ",…," + ",".join(map(str, cands[-(n // 2):])) + f" ({len(cands)})"
+
+
+def print_profile(result, target_name: str) -> None:
+    rows = []
+    for r in result.layer_rows():
+        steps = "; ".join(f"{a}:{','.join(map(str, s[:6]))}{'…' if len(s) > 6 else ''}" for a, s in r["steps"].items() if s)
+        cands = "; ".join(_short(c) for c in r["candidates"].values())
+        chk = f"{100 * r['check_error']:.1f}%" if r["check_error"] is not None else None
+        rows.append([r["layer"], r["kind"], r["shape"], r["mode"], f"{r['ms']:.4f}", r["points"], steps or None,
+                     cands or None, chk])
+    k = result.key
+    table(f"Latency table: {result.model} on {target_name} / device {k.device} / {k.backend} {k.backend_version}, "
+          f"{k.threads} thread(s)",
+          ["layer", "kind", "shape", "varies", "ms (full)", "points", "steps at (fast side)", "candidates", "2-D check"],
+          rows, right={4, 5, 8})
+    p = result.predictor
+    c = p.calibration
+    out.print(f"table: {result.table_path}", highlight=False)
+    out.print(f"points: {result.points_used} used by this model ({len(result.table.families)} layer tables for "
+              f"{len(p.space.layers)} layers), {result.points_measured} measured now, {result.points_reused} reused; "
+              f"{result.seconds:.1f} s, {result.bundles} bundle run(s)", highlight=False)
+    out.print(f"model: {c.full_ms:.3f} ms measured at full width, layer sum {c.full_sum_ms:.3f} ms "
+              f"(remainder {c.remainder_ms:+.3f} ms)", highlight=False)
+    out.print(f"predictor: {c.method} — {c.reason}", highlight=False)
+
+
+def print_validation(rep) -> None:
+    rows = []
+    for i, v in enumerate(rep.variants):
+        rows.append([i, f"{v['macs_fraction']:.2f}", f"{v['measured_ms']:.3f}", f"{v['predicted_ms']:.3f}",
+                     f"{v['error_pct']:+.1f}%", f"{v['flops_predicted_ms']:.3f}", f"{v['flops_error_pct']:+.1f}%"])
+    table(f"Validation: {len(rep.variants)} random pruned variants ({rep.widths_mode} widths), measured end to end",
+          ["#", "MACs", "measured ms", "predicted ms", "error", "FLOPs-pred ms", "FLOPs error"], rows,
+          right={1, 2, 3, 4, 5, 6})
+    s, f, r = rep.stats, rep.flops_stats, rep.raw_stats
+    out.print(f"LUT predictor ({rep.method}): median |error| {s['median_abs_pct_error']:.2f}%, "
+              f"p95 {s['p95_abs_pct_error']:.2f}%, within ±10%: {100 * s['within_10pct']:.0f}%", highlight=False)
+    out.print(f"FLOPs-proportional:  median |error| {f['median_abs_pct_error']:.2f}%, "
+              f"p95 {f['p95_abs_pct_error']:.2f}%, within ±10%: {100 * f['within_10pct']:.0f}%", highlight=False)
+    if rep.drift is not None:
+        out.print(f"machine drift since profiling: full model {100 * (rep.drift - 1):+.1f}% (errors above are in the "
+                  f"table's reference unit; against raw times: median {r['median_abs_pct_error']:.2f}%, "
+                  f"within ±10%: {100 * r['within_10pct']:.0f}%)", highlight=False)
+
+
+@click.command("profile")
+@model_options
+@click.option("--target", "-t", "target_name", default="host", show_default=True, help="Target name or YAML file.")
+@click.option("--backend", "-b", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="auto = the target's preferred (first) backend.")
+@click.option("--device", "-d", "device_name", default="local", show_default=True,
+              help="Device the table is measured on (see `edgeprune devices`).")
+@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path), help="devices.yaml to read.")
+@click.option("--threads", type=click.IntRange(1), help="Threads per inference (default: the target's cores).")
+@click.option("--density", type=click.Choice(DENSITIES), default="normal", show_default=True,
+              help="Grid density: coarse is faster, dense measures every width.")
+@click.option("--rounds", type=click.IntRange(1, 9), default=3, show_default=True,
+              help="Interleaved measurement rounds per point (median of round medians).")
+@click.option("--calibration-variants", type=click.IntRange(0, 50), default=6, show_default=True,
+              help="Pruned variants measured end to end to calibrate the remainder model.")
+@click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME", help="Layer whose channels are never pruned.")
+@click.option("--refresh", is_flag=True, help="Ignore cached measurements and measure everything again.")
+@click.option("--lut", "pinned", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Use exactly this table file (an error if it was measured in another context).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where tables live (default: $EDGEPRUNE_CACHE/lut or ~/.cache/edgeprune/lut).")
+@click.option("--validate", "do_validate", is_flag=True,
+              help="Also measure random pruned variants end to end and report prediction errors.")
+@click.option("--variants", "n_variants", type=click.IntRange(1, 500), default=20, show_default=True,
+              help="Number of random variants for --validate.")
+@click.option("--widths", "widths_mode", type=click.Choice(["candidates", "any"]), default="candidates",
+              show_default=True, help="Variant widths for --validate: snapped to pruning candidates, or arbitrary.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random variants.")
+@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write results as JSON to FILE (with --validate: median_abs_pct_error, p95_abs_pct_error, "
+                   "within_10pct, variants, plus the profile).")
+@click.option("--plot", "do_plot", is_flag=True, help="Write a PNG per layer of latency vs channel count.")
+@click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where --plot writes (default: out/lut-<model>-<target>-<backend>/).")
+@click.option("--keep-bundles", type=click.Path(file_okay=False, path_type=Path), hidden=True)
+def profile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
+                threads, density, rounds, calibration_variants, keep_layers, refresh, pinned, cache_dir, do_validate,
+                n_variants, widths_mode, seed, json_file, do_plot, plot_dir, keep_bundles) -> None:
+    """Measure the latency lookup table of every prunable layer of a model on a device.
+
+    \b
+    Each layer is timed as a standalone graph with its real input shape, built and run
+    with the target's backend and threads through the on-device runner, over a grid of
+    channel counts dense enough to find the latency steps. Tables are cached per target,
+    device, backend (+version) and thread count; a second run measures nothing.
+    Examples:
+      edgeprune profile --model zoo:resnet18 --target host
+      edgeprune profile --model zoo:digits-cnn --validate --json lut.json --plot
+    """
+    from edgeprune.config.devices import get_device
+    from edgeprune.config.targets import get_target
+    from edgeprune.latency.grid import GridSettings
+    from edgeprune.latency.profiler import ProfileSettings, profile_model, space_of, validate
+    from edgeprune.latency.store import LUTStore
+
+    target = get_target(target_name)
+    device = get_device(device_name, devices_file)
+    backend_name = target.backends[0] if backend == "auto" else backend
+    model = load_model_from_options(model_spec, weights, input_shape, allow_pickle, data)
+    settings = ProfileSettings(
+        grid=GridSettings(lanes=target.fp32_lanes(), density=density), threads=threads, rounds=rounds,
+        calibration_variants=calibration_variants, seed=seed, keep_bundles=keep_bundles,
+    )
+    store = LUTStore(cache_dir) if cache_dir else LUTStore()
+    space = space_of(model, tuple(keep_layers))
+    for n in space.notes:
+        log(f"note: {n}")
+    progress = RichProgress()
+    try:
+        result = profile_model(model, target, device, backend_name, settings, store, space=space, refresh=refresh,
+                               pinned=pinned, progress=progress, log=log)
+    finally:
+        progress.close()
+    print_profile(result, target.name)
+    payload: dict = {"profile": result.to_dict()}
+
+    if do_plot:
+        from edgeprune.latency.plot import plot_layers
+
+        stem = model_spec.replace("zoo:", "").replace(":", "-").replace("/", "_")
+        d = plot_dir or Path("out") / f"lut-{Path(stem).stem}-{target.name}-{backend_name}"
+        paths = plot_layers(result, d, f" — {target.name}, {backend_name}")
+        out.print(f"plots: {len(paths)} PNG(s) in {d}", highlight=False)
+
+    if do_validate:
+        progress = RichProgress()
+        try:
+            rep = validate(model, result, target, device, backend_name, n=n_variants, settings=settings,
+                           widths_mode=widths_mode, progress=progress, log=log)
+        finally:
+            progress.close()
+        print_validation(rep)
+        payload = {**rep.to_dict(), "profile": result.to_dict()}
+
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = json_file.with_name(json_file.name + f".{int(time.time())}.tmp")
+        tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+        tmp.replace(json_file)
+        out.print(f"json: {json_file}", highlight=False)

@@ -1,0 +1,143 @@
+"""``edgeprune prune``, and the pruning options ``edgeprune compile`` shares with it."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from edgeprune.cli.common import load_model_from_options, model_options
+from edgeprune.cli.output import log, out, print_json, table
+from edgeprune.prune.importance import IMPORTANCE
+from edgeprune.prune.strategies import STRATEGIES
+
+BACKEND_CHOICES = ["auto", "onnxruntime", "openvino", "tvm"]
+MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
+
+
+def prune_options(f: Callable) -> Callable:
+    """The pruning options, shared by ``prune`` and ``compile``."""
+
+    @click.option("--latency-budget", "latency_budget", type=click.FloatRange(0, 1, min_open=True), metavar="FRACTION",
+                  help="Prune to this fraction of the original model's latency on the target (e.g. 0.5).")
+    @click.option("--latency-ms", "latency_ms", type=click.FloatRange(0, min_open=True), metavar="MS",
+                  help="Prune to this latency in milliseconds on the target.")
+    @click.option("--strategy", type=click.Choice(STRATEGIES.names()), default="knapsack", show_default=True,
+                  help="Search: knapsack (HALP-like), greedy (NetAdapt-like), genetic, uniform (baseline).")
+    @click.option("--importance", type=click.Choice(IMPORTANCE.names()),
+                  help="Channel importance (default: taylor for knapsack, l1 otherwise).")
+    @click.option("--max-accuracy-drop", type=click.FloatRange(0), metavar="POINTS",
+                  help="Fail (exit code 8, results kept) if accuracy drops more than this many points.")
+    @click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME",
+                  help="Leave this layer (or every layer under this name) unpruned; repeatable.")
+    @click.option("--finetune-epochs", type=click.FloatRange(0), default=3.0, show_default=True,
+                  help="Fine-tuning epochs after pruning (0 = none).")
+    @click.option("--distill", is_flag=True, help="Fine-tune with knowledge distillation from the original model.")
+    @click.option("--gradual-steps", type=click.IntRange(1), default=1, show_default=True,
+                  help="Prune in this many steps (shrinking budget), fine-tuning after each.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (reproducible).")
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+PRUNE_KEYS = ("latency_budget", "latency_ms", "strategy", "importance", "max_accuracy_drop", "keep_layers",
+              "finetune_epochs", "distill", "gradual_steps", "seed")
+
+
+def prune_settings(kwargs: dict[str, Any], backend: str | None, required: bool):
+    """``PruneOptions`` from the parsed options (popped from ``kwargs``), or None when no
+    budget was given and pruning is optional (``compile``)."""
+    from edgeprune.prune.api import PruneOptions
+
+    v = {k: kwargs.pop(k) for k in PRUNE_KEYS}
+    if v["latency_budget"] is not None and v["latency_ms"] is not None:
+        raise click.UsageError("give either --latency-budget or --latency-ms, not both")
+    if v["latency_budget"] is None and v["latency_ms"] is None:
+        if required:
+            raise click.UsageError("say how fast: --latency-budget FRACTION (e.g. 0.5) or --latency-ms MS")
+        tuned = [f"--{k.replace('_', '-')}" for k in ("max_accuracy_drop", "distill") if v[k]] + \
+                ["--keep-layer"] * bool(v["keep_layers"]) + ["--importance"] * bool(v["importance"])
+        if tuned:
+            raise click.UsageError(f"{', '.join(tuned)} only apply when pruning: add --latency-budget or --latency-ms")
+        return None
+    return PruneOptions(
+        budget=v["latency_budget"], latency_ms=v["latency_ms"], strategy=v["strategy"], importance=v["importance"],
+        max_accuracy_drop=v["max_accuracy_drop"], keep_layers=tuple(v["keep_layers"]),
+        finetune_epochs=v["finetune_epochs"], distill=v["distill"], gradual_steps=v["gradual_steps"], seed=v["seed"],
+        backend=None if backend in (None, "auto") else backend,
+    )
+
+
+def print_prune_result(result, as_json: bool, saved=None) -> None:
+    if as_json:
+        print_json({**result.to_dict(), "files": saved.to_dict() if saved else None})
+        return
+    rows = [[name, o, k, f"{k / o:.0%}" if o else None] for name, (o, k) in result.channels.items()]
+    table(f"Pruned with {result.strategy} / {result.importance}", ["layer", "channels", "kept", "ratio"], rows,
+          right={1, 2, 3})
+    r = result
+    out.print(f"latency (predicted): {r.original_predicted_ms:.3f} ms -> {r.predicted_latency_ms:.3f} ms "
+              f"(budget {r.budget_ms:.3f} ms, {r.predicted_latency_ms / r.original_predicted_ms:.2f}x)", highlight=False)
+    out.print(f"params: {r.params_before:,} -> {r.params_after:,}; MACs: {r.macs_before / 1e6:.2f} M -> "
+              f"{r.macs_after / 1e6:.2f} M", highlight=False)
+    if r.accuracy_before is not None:
+        out.print(f"accuracy: {r.accuracy_before:.2f}% -> {r.accuracy_after:.2f}% "
+                  f"(after search, before fine-tuning: {r.accuracy_after_search:.2f}%)", highlight=False)
+    for n in r.notes:
+        out.print(f"note: {n}", highlight=False)
+    if saved is not None:
+        out.print(f"wrote {saved.model} ({saved.format}), {saved.onnx}, {saved.record}", highlight=False)
+        for line in saved.how_to_load():
+            out.print(f"  load — {line}", highlight=False)
+
+
+def _check_out(ctx, param, value: Path) -> Path:
+    if value.suffix not in MODEL_SUFFIXES:
+        raise click.BadParameter(f"must end in {', '.join(MODEL_SUFFIXES)} (.pt2 = torch.export, others TorchScript)")
+    return value
+
+
+@click.command("prune")
+@model_options
+@click.option("--target", "-t", "target_name", default="host", show_default=True, help="Target name or YAML file.")
+@click.option("--backend", "-b", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
+              help="Backend whose latency table guides pruning (auto = the target's preferred).")
+@click.option("--device", "-d", "device_name", default="local", show_default=True,
+              help="Device the latency table is measured on.")
+@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path), help="devices.yaml to read.")
+@prune_options
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("pruned.pt"),
+              show_default=True, callback=_check_out,
+              help="Pruned model file; .onnx and .json are written next to it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def prune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
+              out_path, as_json, **kwargs) -> None:
+    """Prune a model to a latency budget on a target, fine-tune it, and save it.
+
+    \b
+    Writes OUT (TorchScript, or torch.export for .pt2), OUT.onnx and OUT.json.
+    Example: edgeprune prune --model zoo:digits-cnn --target host --latency-budget 0.5 --out pruned.pt
+    """
+    from edgeprune.config.devices import get_device
+    from edgeprune.config.targets import get_target
+    from edgeprune.prune.api import PruneGateError, prune_model
+    from edgeprune.prune.save import save_pruned
+
+    opts = prune_settings(kwargs, backend, required=True)
+    target = get_target(target_name)
+    device = get_device(device_name, devices_file)
+    model = load_model_from_options(model_spec, weights, input_shape, allow_pickle, data)
+    try:
+        result = prune_model(model, target, device, opts, log=log)
+    except PruneGateError as exc:  # keep what was produced, then fail
+        saved = save_pruned(model, exc.result, out_path)
+        print_prune_result(exc.result, as_json, saved)
+        raise
+    saved = save_pruned(model, result, out_path)
+    print_prune_result(result, as_json, saved)

@@ -1,0 +1,48 @@
+"""``edgeprune report``: render the results database as HTML, Markdown, JSON or JUnit XML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeprune.cli.output import note, out
+from edgeprune.cli.results_cmd import _open, db_option
+
+
+@click.command("report")
+@db_option
+@click.option("--since", default="30d", show_default=True, metavar="30d",
+              help="History to include: a duration (30d, 12h, 2w) or an ISO date.")
+@click.option("--format", "fmt", type=click.Choice(["html", "md", "json", "junit"]), default="html", show_default=True)
+@click.option("--run", "run_id", type=click.IntRange(1), default=None, metavar="RUN_ID",
+              help="The run to report on (default: the newest nightly run, else the newest run).")
+@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
+              help="Output file, or - for stdout. Default: reports/report.html for html, stdout for the others.")
+@click.option("--lut-dir", "lut_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Latency-table folders to plot staircases from (default: the LUT cache, if any).")
+@click.option("--title", default=None, help="Report title.")
+def report_cmd(db, since, fmt, run_id, out_path, lut_dirs, title) -> None:
+    """Write a report of a run and the history of its cells.
+
+    \b
+    edgeprune report                         # reports/report.html
+    edgeprune report --format md             # Markdown for a PR or chat, on stdout
+    edgeprune report --format junit -o junit.xml
+    """
+    from edgeprune.results.report import gather, render
+
+    with _open(db) as store:
+        data = gather(store, run_id=run_id, since=since, title=title, lut_dirs=list(lut_dirs) or None)
+        text = render(data, fmt)
+    if out_path is None and fmt == "html":
+        out_path = Path("reports") / "report.html"
+    if out_path is None or str(out_path) == "-":
+        click.echo(text, nl=not text.endswith("\n"))
+        return
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out_path)
+    note(data.headline)
+    out.print(str(out_path), highlight=False)

@@ -1,0 +1,254 @@
+"""``edgeprune results list | show RUN | compare RUN_A RUN_B``: the history, from a terminal.
+
+Also home of the ``--db`` option every recording command shares, and of
+:func:`record`, which ``compile`` / ``bench`` call once the pipeline returns.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import click
+
+from edgeprune.cli.output import log, note, out, print_json, table
+
+DB_HELP = ("Results database (SQLite). Default: $EDGEPRUNE_DB, else ./results.sqlite. "
+           "'none' disables recording.")
+_META_KEY = "edgeprune.results.db"
+
+
+def db_option(f: Callable) -> Callable:
+    """``--db PATH`` for commands that read the results database."""
+    return click.option("--db", "db", metavar="PATH", default=None, help=DB_HELP)(f)
+
+
+def record_option(f: Callable) -> Callable:
+    """``--db PATH`` for commands that *record* (compile, bench). The value is kept in the
+    click context, so the command body only has to call :func:`record`."""
+
+    def remember(ctx: click.Context, param, value):
+        from edgeprune.results.store import now
+
+        ctx.meta[_META_KEY] = value
+        ctx.meta[_META_KEY + ".started"] = now()  # options are parsed before the command runs
+        return value
+
+    return click.option("--db", metavar="PATH", default=None, expose_value=False, callback=remember,
+                        help=DB_HELP)(f)
+
+
+def record(summary, kind: str = "compile") -> int | None:
+    """Store ``summary`` in the results database chosen by ``--db``; never fails the
+    command (a database problem is reported as a warning, the summary is on disk)."""
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.results.record import record_summary
+    from edgeprune.results.store import default_db_path
+
+    ctx = click.get_current_context(silent=True)
+    db = ctx.meta.get(_META_KEY) if ctx is not None else None
+    started = ctx.meta.get(_META_KEY + ".started") if ctx is not None else None
+    path = default_db_path(db)
+    if path is None:
+        return None
+    command = "edgeprune " + " ".join(sys.argv[1:]) if sys.argv else None
+    try:
+        run_id = record_summary(path, summary, kind=kind, command=command, started=started)
+    except (EdgepruneError, OSError) as exc:
+        log(f"warning: results not stored in {path}: {exc}")
+        return None
+    note(f"stored as run {run_id} in {path} (see `edgeprune results show {run_id}`)")
+    return run_id
+
+
+def _open(db: str | None):
+    from edgeprune.errors import ConfigError
+    from edgeprune.results.store import ResultsStore, default_db_path
+
+    path = default_db_path(db)
+    if path is None:
+        raise ConfigError("--db none: no results database to read")
+    if not path.exists():
+        raise ConfigError(f"results database {path} does not exist",
+                          "run `edgeprune compile`, `bench` or `nightly` first, or pass --db / set $EDGEPRUNE_DB")
+    return ResultsStore(path)
+
+
+def _when(iso: str | None) -> str:
+    return iso[:19].replace("T", " ") if iso else "–"
+
+
+def _ms(v: float | None) -> str | None:
+    from edgeprune.results.report import fmt_ms
+
+    return None if v is None else fmt_ms(v)
+
+
+@click.group("results")
+def results_cmd() -> None:
+    """Look at stored runs: list them, show one, compare two.
+
+    \b
+    edgeprune results list --since 7d
+    edgeprune results show 42
+    edgeprune results compare 41 42
+    """
+
+
+@results_cmd.command("list")
+@db_option
+@click.option("--since", default=None, metavar="30d",
+              help="Only runs started within this window (30d, 12h, 2w) or since an ISO date.")
+@click.option("--kind", type=click.Choice(["compile", "bench", "profile", "nightly"]), help="Only runs of this kind.")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_cmd(db, since, kind, limit, as_json) -> None:
+    """Runs, newest first, with how many cells they measured and what regressed."""
+    from edgeprune.results.store import parse_since
+
+    with _open(db) as store:
+        runs = store.runs(since=parse_since(since), kind=kind, limit=limit)
+        counts = store.run_counts()
+        regs = {}
+        for r in runs:
+            regs[r.id] = sum(1 for v in store.verdicts(run_id=r.id) if v.regression)
+        if as_json:
+            print_json([{k: v for k, v in r.to_dict().items() if k != "env"}
+                        | {"measurements": counts.get(r.id, (0, 0))[0], "failed": counts.get(r.id, (0, 0))[1],
+                           "regressions": regs[r.id]} for r in runs])
+            return
+        rows = []
+        for r in runs:
+            n, bad = counts.get(r.id, (0, 0))
+            rows.append([r.id, r.kind, r.status, _when(r.started),
+                         f"{r.duration_s:.0f} s" if r.duration_s is not None else None,
+                         n, bad or None, regs[r.id] or None,
+                         r.git_revision[:10] if r.git_revision else None, (r.label or "")[:40] or None])
+        table(f"Runs in {store.path}", ["id", "kind", "status", "started (UTC)", "took", "measured", "failed",
+                                         "regressions", "git", "label"], rows, right={0, 4, 5, 6, 7})
+        if not runs:
+            note("no runs match")
+
+
+@results_cmd.command("show")
+@click.argument("run_id", type=int)
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Run, measurements (with every per-run time) and verdicts as JSON.")
+def show_cmd(run_id, db, as_json) -> None:
+    """One run: its environment, every measurement and the verdicts."""
+    with _open(db) as store:
+        run = store.run(run_id)
+        ms = store.measurements(run_id=run_id)
+        vs = store.verdicts(run_id=run_id)
+        if as_json:
+            print_json({"run": run.to_dict(), "measurements": [m.to_dict() for m in ms],
+                        "verdicts": [v.to_dict() for v in vs]})
+            return
+        env = run.env
+        out.print(f"run {run.id}: {run.kind}, {run.status}, started {_when(run.started)} UTC"
+                  + (f", took {run.duration_s:.0f} s" if run.duration_s is not None else ""), highlight=False)
+        out.print(f"  edgeprune {run.edgeprune_version}, git {run.git_revision or '–'}, fingerprint {run.env_hash}",
+                  highlight=False)
+        out.print(f"  {env.get('cpu_model', '?')}, {env.get('cores', '?')} cores, governor {env.get('governor') or 'n/a'}, "
+                  f"{env.get('platform', '?')}, Python {env.get('python', '?')}", highlight=False)
+        if run.command:
+            out.print(f"  command: {run.command}", highlight=False)
+        if run.note:
+            out.print(f"  note: {run.note}", highlight=False)
+        by_m = {}
+        for v in vs:
+            by_m.setdefault(v.cell, []).append(v)
+        rows = []
+        for m in ms:
+            lat = next((v for v in by_m.get(m.cell, []) if v.kind == "latency"), None)
+            flags = [f"{v.kind} {v.verdict}" for v in by_m.get(m.cell, []) if v.regression]
+            rows.append([
+                m.id, m.model, f"{m.backend} {m.backend_version or ''}".strip(), f"{m.target}/{m.device}",
+                m.variant or None, m.attempt or None, _ms(m.median_ms), _ms(m.p90_ms),
+                f"{m.cv:.1%}" if m.cv is not None else None, len(m.times_ms) or None,
+                f"{m.accuracy:.2f}%" if m.accuracy is not None else None,
+                None if m.verified is None else ("pass" if m.verified else "FAIL"),
+                (lat.verdict + (f" {lat.ratio - 1:+.1%}" if lat.ratio else "")) if lat and m.attempt == 0 else None,
+                ", ".join(flags) or (m.error or "")[:60] or None,
+            ])
+        table(f"Measurements of run {run.id}", ["id", "model", "backend", "target/device", "variant", "retry",
+                                                "median ms", "p90 ms", "CV", "runs", "accuracy", "parity", "latency",
+                                                "regression / error"], rows, right={0, 5, 6, 7, 8, 9, 10})
+        for v in vs:
+            if v.regression or v.verdict in ("UNKNOWN", "NEW_SERIES", "FAILED"):
+                out.print(f"{v.cell_name}: {v.kind} {v.verdict}: {v.detail}", highlight=False)
+
+
+@results_cmd.command("compare")
+@click.argument("run_a", type=int)
+@click.argument("run_b", type=int)
+@db_option
+@click.option("--min-effect", type=click.FloatRange(0.001, 0.9), default=0.03, show_default=True,
+              help="Relative latency change that matters.")
+@click.option("--confidence", type=click.FloatRange(0.5, 0.9999), default=0.99, show_default=True)
+@click.option("--statistic", type=click.Choice(["p10", "median", "p25", "p5", "min"]), default="p10", show_default=True,
+              help="Per-run latency compared (a low quantile is steadier on busy machines).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare_cmd(run_a, run_b, db, min_effect, confidence, statistic, as_json) -> None:
+    """Latency and accuracy of every cell measured in both RUN_A (before) and RUN_B (after).
+
+    With one measurement per side the between-run noise is not observed and comes from
+    the prior (1 %), so only clear changes are called; nightly baselines use several runs.
+    """
+    from edgeprune.results import fingerprint
+    from edgeprune.results.detect import DetectSettings, compare
+
+    settings = DetectSettings(min_effect=min_effect, confidence=confidence, statistic=statistic)
+    with _open(db) as store:
+        store.run(run_a)
+        store.run(run_b)
+        a = {}
+        for m in store.measurements(run_id=run_a):
+            a.setdefault(m.cell, []).append(m)
+        b = {}
+        for m in store.measurements(run_id=run_b):
+            b.setdefault(m.cell, []).append(m)
+        common = [c for c in a if c in b]
+        results = []
+        for cell in common:
+            ga = [m for m in a[cell] if m.ok and m.times_ms]
+            gb = [m for m in b[cell] if m.ok and m.times_ms]
+            entry = {"cell": list(cell), "name": ga[0].cell_name if ga else str(cell)}
+            if not ga or not gb:
+                entry["error"] = "not measured in " + ("both runs" if not ga and not gb else f"run {run_a if not ga else run_b}")
+                results.append(entry)
+                continue
+            c = compare([m.times_ms for m in ga], [m.times_ms for m in gb], settings, baseline_same_session=True)
+            changes = fingerprint.diff(ga[-1].env, gb[-1].env)
+            if ga[-1].backend_version != gb[-1].backend_version:
+                changes.append(f"{cell[3]} {ga[-1].backend_version} -> {gb[-1].backend_version}")
+            entry |= c.to_dict() | {"accuracy_a": ga[-1].accuracy, "accuracy_b": gb[-1].accuracy,
+                                    "same_series": ga[-1].series == gb[-1].series, "environment_changes": changes}
+            results.append(entry)
+        if as_json:
+            print_json({"run_a": run_a, "run_b": run_b, "settings": settings.to_dict(), "cells": results,
+                        "only_in_a": [list(c) for c in a if c not in b], "only_in_b": [list(c) for c in b if c not in a]})
+            return
+        rows = []
+        for e in results:
+            if "error" in e:
+                rows.append([e["name"], None, None, None, "–", None, e["error"]])
+                continue
+            acc = None
+            if e["accuracy_a"] is not None and e["accuracy_b"] is not None:
+                acc = f"{e['accuracy_b'] - e['accuracy_a']:+.2f}"
+            rows.append([
+                e["name"], _ms(e["baseline_ms"]), _ms(e["current_ms"]),
+                f"{e['ratio'] - 1:+.1%} [{e['ci_low'] - 1:+.1%}, {e['ci_high'] - 1:+.1%}]",
+                e["verdict"], acc,
+                ("environment differs: " + "; ".join(e["environment_changes"]))[:90] if not e["same_series"] else None,
+            ])
+        table(f"Run {run_a} -> run {run_b} ({settings.statistic} of each run's per-inference times)",
+              ["cell", f"#{run_a} ms", f"#{run_b} ms", f"change [{confidence:.0%} CI]",
+                                               "verdict", "Δ accuracy", "note"], rows, right={1, 2, 5})
+        only_a = [c for c in a if c not in b]
+        only_b = [c for c in b if c not in a]
+        if only_a or only_b:
+            note(f"{len(only_a)} cell(s) only in run {run_a}, {len(only_b)} only in run {run_b}")
+        if not common:
+            note("the two runs have no cell in common")

@@ -1,0 +1,330 @@
+"""Latency tables: layer graphs, staircase detection, the predictor, storage, profiling
+with real backends through the bundle runner, and `edgeprune profile`."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeprune.latency.grid import GridSettings, Staircase
+from edgeprune.latency.layers import input_shapes, layer_model, make_inputs
+from edgeprune.latency.lut import LatencyEntry, complete_table
+from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement
+from edgeprune.latency.store import LUTStore, StaleTableError, TableKey
+from edgeprune.prune.space import PrunableLayer, PruneGroup, PruneSpace
+
+TINY = "tests.lut_models:tiny_cnn"
+FAST = ["--density", "coarse", "--rounds", "2", "--calibration-variants", "2"]
+
+
+# ---- helpers -----------------------------------------------------------------------------
+def chain_space(n_layers: int = 20, width: int = 64, hw: int = 14) -> PruneSpace:
+    """A plain conv chain: layer i reads group g{i-1} and writes group g{i}."""
+    groups = {f"g{i}": PruneGroup(f"g{i}", width, (f"c{i}",)) for i in range(n_layers)}
+    layers = [PrunableLayer(f"c{i}", "conv", 3 if i == 0 else width, width, None if i == 0 else f"g{i - 1}", f"g{i}",
+                            kernel=(3, 3), padding=(1, 1), input_hw=(hw, hw)) for i in range(n_layers)]
+    return PruneSpace(groups, layers)
+
+
+def staircase_ms(ci: int, co: int) -> float:
+    """Synthetic latency: input blocks of 8, output blocks of 16 (a CPU-like staircase)."""
+    return 0.01 + 1e-4 * (8 * math.ceil(ci / 8)) * (16 * math.ceil(co / 16))
+
+
+def fill(space: PruneSpace, grid: GridSettings, fn=staircase_ms, noise=None):
+    """Run the real planning loop with a fake device that returns ``fn``."""
+    entries: dict[str, LatencyEntry] = {}
+    asked: list[str] = []
+
+    def measure(points, remeasure):
+        for p in points:
+            asked.append(p.signature)
+            v = fn(p.cin, p.cout) * (noise(p) if noise else 1.0)
+            old = entries.get(p.signature)
+            entries[p.signature] = old.merged([v, v], 2) if (old and remeasure) else LatencyEntry.from_rounds([v, v, v], 3)
+        return {}
+
+    table, failures = complete_table(space, entries, grid, measure)
+    assert not failures
+    return table, entries, asked
+
+
+def calibrated(space, table, fn=lambda s: 1.1 * s + 0.05):
+    full = space.full_widths()
+    base = LatencyPredictor(space, table)
+    rng = random.Random(0)
+    variants = []
+    for _ in range(4):
+        w = {g: rng.choice(base.candidates(g)) for g in full}
+        variants.append(VariantMeasurement(w, LatencyEntry.from_rounds([fn(base.layer_sum(w))], 1)))
+    meas = ModelMeasurements("fp", "synthetic", LatencyEntry.from_rounds([fn(base.layer_sum(full))], 1), variants)
+    return LatencyPredictor(space, table, meas)
+
+
+# ---- standalone layer graphs -------------------------------------------------------------------
+@pytest.mark.parametrize("layer,cin,cout,out_shape", [
+    (PrunableLayer("c", "conv", 16, 16, kernel=(3, 3), stride=(2, 2), padding=(1, 1), input_hw=(9, 9)), 12, 10, (1, 10, 5, 5)),
+    (PrunableLayer("d", "conv", 16, 16, kernel=(3, 3), padding=(1, 1), input_hw=(8, 8), depthwise=True), 11, 11, (1, 11, 8, 8)),
+    (PrunableLayer("l", "linear", 32, 8, rows=5), 20, 7, (5, 7)),
+    (PrunableLayer("r", "lstm", 8, 16, rows=2, seq_len=6), 8, 12, (6, 1, 2, 12)),
+    (PrunableLayer("g", "gru", 8, 16, rows=2, seq_len=6), 5, 9, (6, 1, 2, 9)),
+])
+def test_layer_graphs_run_in_onnxruntime_with_their_real_shapes(layer, cin, cout, out_shape):
+    import onnxruntime as ort
+
+    model = layer_model(layer, cin, cout)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (x,) = make_inputs(layer, cin)
+    assert x.shape == input_shapes(layer, cin)[0]
+    (y,) = sess.run(None, {"x": x})
+    assert y.shape == out_shape and np.isfinite(y).all()
+
+
+# ---- staircase detection (synthetic, exact) ---------------------------------------------------
+def test_staircase_is_found_and_never_interpolated_across():
+    space = chain_space(2, width=64)
+    grid = GridSettings(lanes=8)
+    table, entries, asked = fill(space, grid)
+    t = table.table("c1")
+    out, inp = t.axes["out"], t.axes["in"]
+    # near the full width ("dense near kept sizes") every step is located exactly (its fast side)
+    assert {32, 48} <= set(out.steps())
+    assert {32, 40, 48, 56} <= set(inp.steps())
+    # near the full width every width is known, and exact: no value comes from across a step
+    for c in range(grid.fine_from(1, 64), 65):
+        assert out.known(c) and inp.known(c)
+        assert t.ms(64, c) == pytest.approx(staircase_ms(64, c), rel=1e-9)
+        assert t.ms(c, 64) == pytest.approx(staircase_ms(c, 64), rel=1e-9)
+    # on the 2-D lattice (what pruning uses), within the coarse grid, the table is exact too
+    for ci in range(16, 65, 8):
+        for co in range(16, 65, 8):
+            assert t.ms(ci, co) == pytest.approx(staircase_ms(ci, co), rel=0.02)
+    # far cheaper than measuring every (cin, cout)
+    assert len(set(asked)) < 0.1 * 64 * 64
+
+
+def test_candidates_are_the_fast_side_of_the_steps():
+    space = chain_space(3, width=64)
+    table, _, _ = fill(space, GridSettings(lanes=8))
+    pred = LatencyPredictor(space, table)
+    # g1 feeds c2's input (blocks of 8) and is c1's output (blocks of 16): a width of 8k+8
+    # inside a 16-block costs the same in c1 as 16k+16 but saves in c2 -> all multiples of 8
+    assert pred.candidates("g1") == [8, 16, 24, 32, 40, 48, 56, 64]
+    out_only = PruneSpace({"g": PruneGroup("g", 64)}, [PrunableLayer("c", "conv", 32, 64, None, "g", kernel=(3, 3),
+                                                                     padding=(1, 1), input_hw=(14, 14))])
+    t2, _, _ = fill(out_only, GridSettings(lanes=8))
+    assert LatencyPredictor(out_only, t2).candidates("g") == [16, 32, 48, 64]
+
+
+def test_staircase_unconfirmed_interval_is_refined_not_trusted():
+    # a step hidden between two anchors that agree: the a+1 probe reveals it
+    pts = {48: 1.0, 49: 1.6, 56: 1.6, 64: 1.6}
+    st = Staircase(1, 64, pts, tol=0.04)
+    assert st.known(52) and st.known(60)  # 49..64 is one plateau
+    assert 48 in st.steps()
+    bad = Staircase(1, 64, {40: 1.0, 48: 1.0, 56: 1.0, 57: 1.7, 64: 1.0}, tol=0.04)
+    assert not bad.known(60) and bad.refinement(budget=50)  # 57..64 is not one step: measure inside
+
+
+def test_noisy_spike_is_measured_again():
+    space = chain_space(2, width=32)
+    hits = {"n": 0}
+
+    def noise(p):  # one point is hit by a burst of load the first time only
+        if p.cin == 32 and p.cout == 24 and hits["n"] == 0:
+            hits["n"] += 1
+            return 1.8
+        return 1.0
+
+    table, entries, asked = fill(space, GridSettings(lanes=8), noise=noise)
+    sig = space.layers[1].signature(32, 24)
+    assert asked.count(sig) >= 2  # re-measured
+    assert entries[sig].ms == pytest.approx(staircase_ms(32, 24))  # median of rounds drops the burst
+
+
+# ---- predictor -------------------------------------------------------------------------------
+def test_predictor_is_fast_enough_for_search_loops():
+    space = chain_space(20, width=64)
+    table, _, _ = fill(space, GridSettings(lanes=8))
+    pred = calibrated(space, table)
+    rng = random.Random(1)
+    configs = [{g: rng.randint(8, 64) for g in space.groups} for _ in range(500)]
+    configs += [{g: rng.choice(pred.candidates(g)) for g in space.groups} for _ in range(1500)]
+    t0 = time.perf_counter()
+    for w in configs:
+        pred.predict(w)
+    rate = len(configs) / (time.perf_counter() - t0)
+    assert rate >= 1000, f"{rate:.0f} predictions/s"
+
+
+def test_predictor_calibration_is_chosen_from_measurements():
+    space = chain_space(4, width=32)
+    table, _, _ = fill(space, GridSettings(lanes=8))
+    pred = calibrated(space, table, fn=lambda s: 1.3 * s)  # the remainder scales with the sum
+    assert pred.calibration.method in ("proportional", "linear")
+    w = {g: 16 for g in space.groups}
+    assert pred.predict(w) == pytest.approx(1.3 * pred.layer_sum(w), rel=1e-6)
+    pred2 = calibrated(space, table, fn=lambda s: s + 0.2)  # a constant remainder
+    assert pred2.calibration.method in ("additive", "linear")
+    assert pred2.predict(w) == pytest.approx(pred2.layer_sum(w) + 0.2, rel=1e-6)
+
+
+# ---- storage -----------------------------------------------------------------------------------
+def _key(**kw) -> TableKey:
+    d = dict(target="host", target_fingerprint="abc", device="local", backend="onnxruntime",
+             backend_version="1.32.0", threads=2)
+    d.update(kw)
+    return TableKey(**d)
+
+
+def _writer(root: str, who: int) -> None:
+    store = LUTStore(Path(root))
+    key = _key()
+    for i in range(15):
+        store.save(store.path_for(key), key, {f"sig-{who}-{i}": LatencyEntry.from_rounds([1.0 + i], 1)},
+                   reference={"signature": "ref", "ms": 0.5})
+
+
+def test_concurrent_writers_lose_nothing_and_files_are_never_half_written(tmp_path):
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    store = LUTStore(tmp_path)
+    tf = store.load(_key())
+    assert len(tf.entries) == 45
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_stale_table_is_never_used_silently(tmp_path):
+    store = LUTStore(tmp_path)
+    old = _key(backend_version="1.31.0")
+    store.save(store.path_for(old), old, {"sig": LatencyEntry.from_rounds([1.0], 1)})
+    messages: list[str] = []
+    tf = store.load(_key(), log=messages.append)  # a new backend version: nothing reused, and said so
+    assert tf.entries == {}
+    assert any("stale" in m and "1.31.0" in m for m in messages)
+    with pytest.raises(StaleTableError, match="1.31.0"):  # pinned by the user: an error
+        store.load_pinned(store.path_for(old), _key())
+    # the same backend version but measured for another target (CPU, features, options...)
+    other = _key(target_fingerprint="zzz")
+    store.save(store.path_for(other), other, {"sig": LatencyEntry.from_rounds([1.0], 1)})
+    messages.clear()
+    assert store.load(_key(), log=messages.append).entries == {}
+    with pytest.raises(StaleTableError, match="target fingerprint"):
+        store.load_pinned(store.path_for(other), _key())
+
+
+# ---- real backends, through the bundle runner ----------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    """`edgeprune profile` on a tiny CNN with ONNX Runtime, with --validate, --json, --plot."""
+    from edgeprune.cli import cli
+
+    root = tmp_path_factory.mktemp("lut")
+    args = ["profile", "--model", TINY, "--backend", "onnxruntime", "--cache-dir", str(root / "cache"), *FAST,
+            "--validate", "--variants", "3", "--json", str(root / "v.json"), "--plot", "--plot-dir", str(root / "png")]
+    t0 = time.perf_counter()
+    res = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return res, root, args, time.perf_counter() - t0
+
+
+def test_profile_cli_measures_validates_and_plots(tiny_profile):
+    res, root, _, _ = tiny_profile
+    assert res.exit_code == 0, res.output
+    data = json.loads((root / "v.json").read_text())
+    for k in ("median_abs_pct_error", "p95_abs_pct_error", "within_10pct", "variants"):
+        assert k in data
+    assert len(data["variants"]) == 3
+    v = data["variants"][0]
+    assert v["measured_ms"] > 0 and v["predicted_ms"] > 0 and "widths" in v
+    prof = data["profile"]
+    assert prof["points_measured"] > 0 and prof["model_measured"]
+    assert prof["predictor"]["calibration"]["method"] in ("additive", "activation", "proportional", "linear")
+    pngs = sorted(p.name for p in (root / "png").glob("*.png"))
+    assert pngs == ["conv1.png", "conv2.png", "fc.png"]
+    tables = list((root / "cache").rglob("onnxruntime-*.json"))
+    assert len(tables) == 1 and json.loads(tables[0].read_text())["format"] == "edgeprune-lut"
+
+
+def test_second_profile_reuses_the_cached_table_and_measures_nothing(tiny_profile):
+    from edgeprune.cli import cli
+
+    _, root, _, _ = tiny_profile
+    res = CliRunner().invoke(cli, ["profile", "--model", TINY, "--backend", "onnxruntime", "--cache-dir",
+                                   str(root / "cache"), *FAST, "--json", str(root / "again.json")],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    prof = json.loads((root / "again.json").read_text())["profile"]
+    assert prof["points_measured"] == 0 and prof["bundles"] == 0 and not prof["model_measured"]
+    assert prof["points_reused"] == prof["points_used"] > 0
+
+
+def test_pinned_stale_table_is_an_error(tiny_profile, tmp_path):
+    from edgeprune.cli import cli
+
+    _, root, _, _ = tiny_profile
+    (table,) = list((root / "cache").rglob("onnxruntime-*.json"))
+    d = json.loads(table.read_text())
+    d["key"]["backend_version"] = "0.0.1"
+    stale = tmp_path / "stale.json"
+    stale.write_text(json.dumps(d))
+    res = CliRunner().invoke(cli, ["profile", "--model", TINY, "--backend", "onnxruntime", "--lut", str(stale)])
+    assert res.exit_code != 0
+    assert "0.0.1" in res.output and "Traceback" not in res.output
+
+
+def test_openvino_table_is_measured_with_openvino(tmp_path):
+    from edgeprune.config.devices import LOCAL
+    from edgeprune.config.targets import get_target
+    from edgeprune.latency.profiler import ProfileSettings, profile_model, space_of
+    from edgeprune.models.spec import load_model
+
+    model = load_model(TINY)
+    target = get_target("host")
+    space = space_of(model)
+    space.layers = [l for l in space.layers if l.name == "conv2"]  # one table keeps OpenVINO builds few
+    s = ProfileSettings(grid=GridSettings(lanes=target.fp32_lanes(), density="coarse"), rounds=1, warmup=1,
+                        min_runs=3, min_time_s=0.002, model_rounds=1, model_min_time_s=0.02, calibration_variants=0)
+    r = profile_model(model, target, LOCAL, "openvino", s, LUTStore(tmp_path), space=space, log=lambda m: None)
+    assert r.key.backend == "openvino" and r.points_measured > 0
+    assert r.predictor.predict(model_widths := r.predictor.space.full_widths()) == pytest.approx(
+        r.predictor.calibration.full_ms)
+    assert all(r.predictor.candidates(g)[-1] == r.predictor.space.groups[g].size for g in model_widths)
+
+
+def test_an_ssh_device_is_profiled_through_the_same_runner(tmp_path):
+    """Remote-ready: a board over SSH (here a real sshd on a loopback port) is profiled
+    with no profiler-specific code: the same bundles go through the SSH executor."""
+    import shutil
+
+    from edgeprune.bench.loopback import LoopbackSSHD, find_sshd
+    from edgeprune.config.targets import get_target
+    from edgeprune.latency.profiler import ProfileSettings, profile_model, space_of
+    from edgeprune.models.spec import load_model
+
+    if find_sshd() is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server; `make test` does)")
+    model = load_model(TINY)
+    target = get_target("host")
+    space = space_of(model)
+    space.layers = [l for l in space.layers if l.name == "fc"]
+    s = ProfileSettings(grid=GridSettings(lanes=target.fp32_lanes(), density="coarse"), rounds=1, warmup=1,
+                        min_runs=3, min_time_s=0.002, model_rounds=1, model_min_time_s=0.02, calibration_variants=0)
+    with LoopbackSSHD(tmp_path / "sshd") as sshd:
+        device = sshd.device("lut-board")
+        r = profile_model(model, target, device, "onnxruntime", s, LUTStore(tmp_path / "cache"), space=space,
+                          log=lambda m: None)
+    assert r.key.device == "lut-board" and r.points_measured > 0 and r.bundles > 0
+    assert r.table_path.parent.name == "lut-board"

@@ -1,0 +1,264 @@
+"""``edgeprune nightly``: matrix files, baselines and series, real runs, exit codes, interrupts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from edgeprune.cli import cli
+from edgeprune.errors import ConfigError
+from edgeprune.results.evaluate import Policy, judge
+from edgeprune.results.nightly import load_matrix, shard
+from edgeprune.results.store import ResultsStore
+from results_helpers import FAST_BENCH, conv_onnx, measurement
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_matrix(path: Path, models: list[str], **extra) -> Path:
+    doc = {"name": "test", "matrix": {"models": models, "backends": ["onnxruntime"]}, "bench": FAST_BENCH}
+    for k, v in extra.items():
+        if k == "matrix":
+            doc["matrix"].update(v)
+        else:
+            doc[k] = v
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def nightly(*args: str):
+    return CliRunner().invoke(cli, ["nightly", *args], catch_exceptions=False)
+
+
+# ---------------------------------------------------------------- the matrix file
+def test_matrix_expands_cross_product_minus_exclude_plus_include(tmp_path):
+    p = tmp_path / "n.yaml"
+    p.write_text(
+        "matrix:\n"
+        "  models: [zoo:digits-cnn, zoo:mlp-recsys]\n"
+        "  backends: [onnxruntime, openvino]\n"
+        "  exclude:\n"
+        "    - {model: zoo:mlp-recsys, backend: openvino}\n"
+        "  include:\n"
+        "    - {model: zoo:lstm-digits, bench: {min_runs: 30}}\n"
+        "bench: {min_runs: 60}\n"
+    )
+    cfg = load_matrix(p)
+    names = [(c.model, c.backend) for c in cfg.cells]
+    assert names == [("zoo:digits-cnn", "onnxruntime"), ("zoo:digits-cnn", "openvino"),
+                     ("zoo:mlp-recsys", "onnxruntime"), ("zoo:lstm-digits", "onnxruntime")]
+    assert [c.bench.min_runs for c in cfg.cells] == [60, 60, 60, 30]
+    assert all(c.target == "host" and c.device == "local" for c in cfg.cells)
+    parts = [shard(cfg.cells, f"{i}/3") for i in (1, 2, 3)]
+    assert sorted(c.name for p in parts for c in p) == sorted(c.name for c in cfg.cells)
+    with pytest.raises(ConfigError, match="I/N"):
+        shard(cfg.cells, "4/3")
+
+
+@pytest.mark.parametrize("body, message", [
+    ("matrix:\n  models: [zoo:digits-cnn]\n  backends: [tensorrt]\n", ":3: field 'matrix.backends.0'"),
+    ("matrix:\n  models: [zoo:digits-cnn]\n  devices: [local, nowhere]\n", ":3: unknown device 'nowhere'"),
+    ("matrix:\n  models: [zoo:digits-cnn]\n  targets: [host, pdp11]\n", ":3: unknown target 'pdp11'"),
+    ("matrix:\n  models: [zoo:digits-cnn]\nbench:\n  min_runz: 5\n", ":4: field 'bench.min_runz'"),
+    ("matrix:\n  models: []\n", ":2: field 'matrix.models'"),
+    ("name: x\n", "field 'matrix'"),
+])
+def test_matrix_errors_name_file_and_line(tmp_path, body, message):
+    p = tmp_path / "n.yaml"
+    p.write_text(body)
+    with pytest.raises(ConfigError) as exc:
+        load_matrix(p)
+    assert str(p) in str(exc.value) and message in str(exc.value)
+
+
+def test_example_matrix_at_repo_root_is_valid():
+    cfg = load_matrix(REPO / "nightly.yaml")
+    assert len(cfg.cells) >= 3 and {c.device for c in cfg.cells} == {"local"}
+
+
+# ---------------------------------------------------------------- baselines and series
+def _store_night(st, rng, level=1.0, **kw):
+    rid = st.begin_run("nightly")
+    m = measurement(rng, level, **kw)
+    st.add_measurement(rid, m)
+    out = judge(st, rid, [m], Policy())
+    for v in out.verdicts:
+        st.add_verdict(rid, v)
+    st.finish_run(rid, "complete")
+    return out
+
+
+def test_changed_environment_starts_a_new_series_instead_of_a_regression(tmp_path):
+    rng = np.random.default_rng(0)
+    with ResultsStore(tmp_path / "r.sqlite") as st:
+        for _ in range(4):
+            _store_night(st, rng)
+        slow = _store_night(st, rng, 1.25, version="1.33.0")  # runtime upgraded, 25 % slower
+        assert not slow.regression
+        lat = slow.latency
+        assert lat.verdict == "NEW_SERIES" and "onnxruntime 1.32.0 -> 1.33.0" in lat.detail
+        assert lat.ratio == pytest.approx(1.25, rel=0.03)  # kept as information
+        # the next night compares within the new series
+        nxt = _store_night(st, rng, 1.25, version="1.33.0").latency
+        assert nxt.verdict == "NO_BASELINE" and "1 of the 3 runs" in nxt.detail
+
+
+def test_accuracy_and_parity_regressions_are_judged_apart_from_latency(tmp_path):
+    rng = np.random.default_rng(1)
+    with ResultsStore(tmp_path / "r.sqlite") as st:
+        first = _store_night(st, rng)
+        assert first.latency.verdict == "NO_BASELINE" and not first.regression
+        for _ in range(2):
+            _store_night(st, rng)
+        worse = _store_night(st, rng, accuracy=95.0)
+        assert worse.get("accuracy").regression and not worse.latency.regression
+        assert "2.00 points below" in worse.get("accuracy").detail
+        wrong = _store_night(st, rng, verified=False)
+        assert wrong.get("parity").verdict == "FAIL" and wrong.regression
+        # a measurement that failed parity is never a baseline
+        ids = {m.id for m in st.history(wrong.cell)}
+        assert wrong.measurements[0].id not in ids
+
+
+def test_a_detected_step_becomes_the_new_baseline(tmp_path):
+    rng = np.random.default_rng(2)
+    with ResultsStore(tmp_path / "r.sqlite") as st:
+        for _ in range(5):
+            _store_night(st, rng)
+        step = _store_night(st, rng, 1.10)
+        assert step.latency.verdict == "SLOWER" and step.regression
+        after = _store_night(st, rng, 1.10)  # the new level is the baseline now, and is being rebuilt
+        assert not after.regression and after.latency.verdict == "NO_BASELINE"
+        assert "since the change detected" in after.latency.detail
+
+
+def test_a_pinned_baseline_keeps_comparing_with_that_run(tmp_path):
+    rng = np.random.default_rng(3)
+    with ResultsStore(tmp_path / "r.sqlite") as st:
+        _store_night(st, rng)
+        pin = st.latest_run().id
+        for _ in range(3):
+            _store_night(st, rng, 1.10)
+        rid = st.begin_run("nightly")
+        m = measurement(rng, 1.10)
+        st.add_measurement(rid, m)
+        out = judge(st, rid, [m], Policy(pin=pin))
+        assert out.latency.verdict in ("SLOWER", "UNKNOWN") and "pinned run" in out.latency.detail
+
+
+# ---------------------------------------------------------------- real nightly runs
+def test_nightly_runs_stores_judges_and_reports(tmp_path):
+    model = conv_onnx(tmp_path / "conv.onnx", channels=16)
+    devices = tmp_path / "devices.yaml"
+    devices.write_text("devices:\n  - {name: bench-a, kind: local}\n  - {name: bench-b, kind: local}\n")
+    matrix = write_matrix(tmp_path / "n.yaml", [str(model)], devices_file=str(devices),
+                          matrix={"devices": ["bench-a", "bench-b"]}, baseline={"runs": 5, "min_runs": 2})
+    db, rep = tmp_path / "r.sqlite", tmp_path / "rep"
+    args = ["--matrix", str(matrix), "--db", str(db), "--report-dir", str(rep), "--work-dir", str(tmp_path / "w")]
+
+    res = nightly(*args, "--json")
+    assert res.exit_code == 0, res.output
+    first = json.loads(res.stdout)
+    assert first["status"] == "complete" and len(first["cells"]) == 2
+    assert {c["verdicts"][0]["verdict"] for c in first["cells"]} == {"NO_BASELINE"}
+    assert sorted(p.name for p in rep.iterdir()) == ["junit.xml", "report.html", "report.json", "report.md"]
+    assert not any((tmp_path / "w").iterdir())  # bundles cleaned up
+
+    for _ in range(2):  # the same model again: no regression
+        res = nightly(*args, "--json")
+        assert res.exit_code == 0, res.output
+        again = json.loads(res.stdout)
+        assert {c["verdicts"][0]["verdict"] for c in again["cells"]} <= {"NO_BASELINE", "SAME", "UNKNOWN", "FASTER"}
+
+    conv_onnx(model, channels=64)  # the user's model grew: a real, large slowdown
+    res = nightly(*args, "--json")
+    assert res.exit_code == 1, res.output
+    grown = json.loads(res.stdout)
+    assert all(c["regression"] for c in grown["cells"])
+    assert all(c["verdicts"][0]["verdict"] == "SLOWER" and c["verdicts"][0]["ratio"] > 1.3 for c in grown["cells"])
+    suite = ET.parse(rep / "junit.xml").getroot().find("testsuite")
+    assert suite.get("failures") == "2"
+
+    with ResultsStore(db) as st:
+        runs = st.runs(kind="nightly")
+        assert [r.status for r in runs] == ["complete"] * 4
+        ms = st.measurements(run_id=runs[0].id)
+        assert {m.device for m in ms} == {"bench-a", "bench-b"} and len({m.model_hash for m in st.measurements()}) == 2
+
+
+def test_unknown_is_measured_again_and_a_failed_cell_fails_the_run(tmp_path):
+    model = conv_onnx(tmp_path / "conv.onnx")
+    db = tmp_path / "r.sqlite"
+    # an absurd prior for the between-run noise keeps every verdict UNKNOWN -> re-measure twice
+    matrix = write_matrix(tmp_path / "n.yaml", [str(model), str(tmp_path / "missing.onnx")],
+                          detection={"run_noise": 0.5, "max_remeasure": 2}, baseline={"min_runs": 1})
+    args = ["--matrix", str(matrix), "--db", str(db), "--report-dir", str(tmp_path / "rep")]
+    res = nightly(*args)
+    assert res.exit_code == 2, res.output  # the missing model: the run itself failed
+    res = nightly(*args)
+    assert res.exit_code == 2
+    with ResultsStore(db) as st:
+        last = st.runs()[0]
+        assert last.status == "failed" and "missing.onnx" in last.note
+        ms = [m for m in st.measurements(run_id=last.id) if m.ok]
+        assert sorted(m.attempt for m in ms) == [0, 1, 2]  # first batch + 2 re-measurements
+        (v,) = [v for v in st.verdicts(run_id=last.id) if v.kind == "latency" and v.verdict != "FAILED"]
+        assert v.verdict == "UNKNOWN" and v.data["attempts"] == 3
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "Failed cells" in md and "missing.onnx" in md
+
+
+def test_an_interrupted_run_keeps_what_it_measured(tmp_path):
+    models = [str(conv_onnx(tmp_path / f"m{i}.onnx", channels=16 + 8 * i)) for i in range(4)]
+    matrix = write_matrix(tmp_path / "n.yaml", models, bench={"warmup": 3, "min_runs": 20, "min_time_s": 1.0})
+    db = tmp_path / "r.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeprune.cli", "nightly", "--matrix", str(matrix), "--db", str(db),
+         "--report-dir", str(tmp_path / "rep"), "--work-dir", str(tmp_path / "w")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if db.exists():
+                with ResultsStore(db) as st:
+                    if st.measurements():
+                        break
+            if proc.poll() is not None:
+                pytest.fail(f"nightly ended early: {proc.communicate()}")
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)  # what a CI runner sends at its time limit
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err
+    with ResultsStore(db) as st:
+        (run,) = st.runs()
+        assert run.status == "incomplete" and "interrupted" in run.note
+        kept = st.measurements(run_id=run.id)
+        assert 1 <= len(kept) < 4 and all(m.ok for m in kept)
+    assert (tmp_path / "rep" / "report.html").exists()
+    assert "interrupted" in err
+
+
+def test_nightly_reports_a_bad_matrix_with_exit_code_2(tmp_path):
+    p = tmp_path / "n.yaml"
+    p.write_text("matrix:\n  models: [zoo:digits-cnn]\n  backends: [tensorrt]\n")
+    res = CliRunner().invoke(cli, ["nightly", "--matrix", str(p), "--db", str(tmp_path / "r.sqlite")])
+    assert res.exit_code == 2 and f"{p}:3" in res.output
+
+
+def test_help_mentions_exit_codes():
+    res = CliRunner().invoke(cli, ["nightly", "--help"])
+    assert "0 no regression" in res.output and "2 the run failed" in res.output

@@ -1,0 +1,51 @@
+"""Device farms through TVM's RPC tracker: a loopback tracker + server, a TVM artifact run through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tornado", reason="the TVM RPC tracker needs tornado: pip install 'edgeprune[rpc]'")
+
+from edgeprune.bench.rpc import TrackerAddress, list_farm, loopback_farm, run_tvm_artifact  # noqa: E402
+from edgeprune.errors import DeviceError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def mlp_so(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
+    import tvm
+    from onnx import TensorProto, helper, numpy_helper
+    from tvm.relax.frontend.onnx import from_onnx
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 32)) / 8).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Relu", ["h"], ["y"])], "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], [numpy_helper.from_array(w, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = tmp_path_factory.mktemp("rpc") / "mlp.so"
+    tvm.compile(from_onnx(model, keep_params_in_input=False), target=tvm.target.Target({"kind": "llvm"})).export_library(str(so))
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    return so, x, np.maximum(x @ w, 0)
+
+
+def test_tvm_artifact_runs_through_the_tracker(mlp_so):
+    so, x, expected = mlp_so
+    with loopback_farm(("board-a",)) as tracker:
+        assert list_farm(tracker)["board-a"]["free"] == 1
+        r = run_tvm_artifact(tracker, "board-a", so, [x], [expected], repeat=5, number=5)
+        assert r.verified is True and r.max_abs_diff < 1e-4
+        assert len(r.times_ms) == 5 and r.median_ms > 0
+        with pytest.raises(DeviceError, match="no board with key 'nope'"):
+            run_tvm_artifact(tracker, "nope", so, [x])
+
+
+def test_no_tracker_is_a_clear_error():
+    from edgeprune.bench.loopback import free_port
+
+    with pytest.raises(DeviceError, match="no RPC tracker"):
+        list_farm(TrackerAddress("127.0.0.1", free_port()))
