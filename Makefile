@@ -6,7 +6,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEB_PKGS := g++-aarch64-linux-gnu openssh-server
 
-.PHONY: setup system-deps demo test test-slow bench clean
+.PHONY: setup system-deps demo test test-slow test-arm emulated-device bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -34,6 +34,15 @@ test: setup
 # Long real work (tuning, emulated ARM device, full benchmarks); CI runs a small form of it.
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# The emulated Raspberry Pi 4 (arm64 Debian rootfs under qemu-user-static, sshd on
+# 127.0.0.1:2222): built once (~5 min) and cached under /var/cache/edgeprune; then
+# `compile --target rpi4 --device emulated-rpi4` runs end to end on it. Needs root.
+emulated-device: setup
+	bash scripts/emulated-device.sh rpi4 build
+
+test-arm: emulated-device
+	$(PY) -m pytest -q -m slow tests/test_emulated_arm.py
 
 bench: setup
 	$(PY) benchmarks/backends.py
