@@ -24,8 +24,12 @@ Reported, per model:
 
 Each prune run is cached in ``--out`` (JSON + ONNX), so an interrupted run resumes.
 
-Usage: python benchmarks/pruning.py [--models digits-cnn,...] [--budgets 0.35,0.5,0.7]
-       [--strategies uniform,knapsack,greedy] [--out out/bench-pruning] [--rounds 7]
+Strategy labels are ``strategy[/importance][@gradual_steps]``: ``knapsack/l1`` uses L1
+instead of the default Taylor importance, ``knapsack@3`` prunes in 3 steps with
+fine-tuning between them (same total fine-tuning epochs).
+
+Usage: python benchmarks/pruning.py [--models digits-cnn,...] [--budgets 0.15,0.25,0.35,0.5]
+       [--strategies uniform,knapsack,greedy,knapsack@3] [--out out/bench-pruning] [--rounds 7]
 """
 
 from __future__ import annotations
@@ -53,6 +57,17 @@ GENETIC = {"population": 8, "generations": 4, "recovery_steps": 4}
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def parse_label(label: str) -> tuple[str, str, int]:
+    """``strategy[/importance][@gradual_steps]``, e.g. ``knapsack``, ``knapsack/l1``,
+    ``knapsack@3`` (prune in 3 steps with fine-tuning between them)."""
+    steps = 1
+    if "@" in label:
+        label, n = label.split("@", 1)
+        steps = int(n)
+    strategy, _, importance = label.partition("/")
+    return strategy, importance or IMPORTANCE[strategy], steps
 
 
 def measure_interleaved(paths: dict[str, Path], inputs: list[np.ndarray], names: list[str], threads: int,
@@ -139,25 +154,26 @@ def run_model(name: str, args, target, device) -> dict:
     base_acc = float(evaluate(model.module, data.val, data.task, batch_size=256))
     recipe = RECIPES.get(name, RECIPES["digits-cnn"])
     runs: dict[str, dict] = {}
-    for strategy in args.strategies:
+    for label in args.strategies:
+        strategy, importance, steps = parse_label(label)
         for b in args.budgets:
-            key = f"{strategy}-{b:g}"
+            key = f"{label}-{b:g}"
             rec_path = out / f"{key}.json"
             onnx_paths[key] = out / f"{key}.onnx"
             if rec_path.exists() and onnx_paths[key].exists():
                 runs[key] = json.loads(rec_path.read_text())
                 continue
-            log(f"[{name}] {strategy} at {b:g}x ...")
+            log(f"[{name}] {label} at {b:g}x ...")
             extra = GREEDY if strategy == "greedy" else GENETIC if strategy == "genetic" else {}
-            opts = PruneOptions(budget=b, strategy=strategy, importance=IMPORTANCE[strategy], seed=args.seed,
-                                distill=args.distill, strategy_options=extra, **recipe)
+            opts = PruneOptions(budget=b, strategy=strategy, importance=importance, seed=args.seed,
+                                distill=args.distill, strategy_options=extra, gradual_steps=steps, **recipe)
             t1 = time.perf_counter()
             res = prune_model(model, options=opts, latency_model=predictor, log=log, progress=False)
             seconds = time.perf_counter() - t1
             export_onnx(pruned_loaded_model(model, res), onnx_paths[key])
             cost = graph_cost(onnx_paths[key])
             runs[key] = {
-                "strategy": strategy, "importance": res.importance, "budget": b,
+                "strategy": label, "importance": res.importance, "budget": b, "gradual_steps": steps,
                 "accuracy": float(evaluate(res.module, data.val, data.task, batch_size=256)),
                 "accuracy_after_search": res.accuracy_after_search,
                 "predicted_ms": res.predicted_latency_ms, "original_predicted_ms": res.original_predicted_ms,
@@ -284,9 +300,9 @@ def _render_comparison(c: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="digits-cnn,lstm-digits,mlp-recsys,digits-resnet")
-    ap.add_argument("--budgets", default="0.35,0.5,0.7")
-    ap.add_argument("--strategies", default="uniform,knapsack,greedy")
+    ap.add_argument("--models", default="lstm-digits,mlp-recsys,digits-cnn,digits-resnet")
+    ap.add_argument("--budgets", default="0.15,0.25,0.35,0.5")
+    ap.add_argument("--strategies", default="uniform,knapsack,greedy,knapsack@3")
     ap.add_argument("--out", type=Path, default=Path("out/bench-pruning"))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per model per round")

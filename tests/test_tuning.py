@@ -262,3 +262,30 @@ def test_tuning_on_an_ssh_device_goes_through_a_tunnelled_rpc_server(tuning_dir,
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["measured_on"].startswith("ssh://lab-1") and rep["trials_total"] >= 1
+
+
+@pytest.mark.slow
+def test_tuning_on_the_emulated_arm_board_keeps_records_apart(tuning_dir, tmp_path):
+    """rpi4 through SSH to the qemu board: it works end to end, and because emulated timings
+    are meaningless the records land in a separate database that real rpi4 builds never use."""
+    import os
+    import shutil
+
+    cache = Path(os.environ.get("EDGEPRUNE_CACHE", "/var/cache/edgeprune"))
+    devices = cache / "emulated-rpi4.devices.yaml"
+    if not devices.exists() or shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("no emulated ARM board (scripts/emulated-device.sh rpi4 build)")
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", int(os.environ.get("EDGEPRUNE_EMULATED_PORT", "2222"))), 1).close()
+    except OSError:
+        pytest.skip("the emulated board is not running (scripts/emulated-device.sh rpi4 start)")
+    model = conv_net(tmp_path / "m.onnx", [8])
+    res = CliRunner().invoke(cli, ["tune", "--model", str(model), "--target", "rpi4", "--device", "emulated-rpi4",
+                                   "--devices", str(devices), "--trials", "4", "--out", str(tmp_path / "o"), "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.stdout)
+    assert rep["database"].endswith("-emulated") and rep["trials_total"] >= 1
+    assert tuning.records_for(get_target("rpi4")) is None

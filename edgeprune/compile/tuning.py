@@ -531,6 +531,15 @@ def _builder(settings: TuneSettings, target: "Target", state: "_Budget | None" =
     return _PersistentBuilder()
 
 
+STOP_MARK = "edgeprune: tuning time budget reached"
+
+
+class _StopTuning(Exception):
+    """Raised from the builder to end a session on time. MetaSchedule has no clean way to
+    stop a running scheduler from outside (terminating tasks from a callback trips its
+    internal checks), and by then every batch sent has been recorded."""
+
+
 class _Budget:
     """Shared state of the progress callback: counts trials, prints progress, stops on time."""
 
@@ -541,10 +550,18 @@ class _Budget:
         self.best: dict[int, float] = {}
         self.timed_out = False
         self.batches = 0
+        self.joined = 0
 
     def batch_built(self, n: int) -> None:
-        """Before the first measurements come back (a whole first round: one batch per
-        kernel, minutes) say that something is happening."""
+        """Called by the builder before each batch. Stops the session once the time budget
+        is spent and every batch already sent has been measured and recorded (so nothing
+        measured is lost); before the first measurements come back (a whole first round,
+        one batch per kernel) it says that something is happening."""
+        if (self.deadline is not None and time.monotonic() >= self.deadline
+                and self.batches == self.joined):
+            self.timed_out = True
+            self.log("  time budget reached: stopping (every measured batch is recorded)")
+            raise _StopTuning(STOP_MARK)
         self.batches += 1
         if self.trials == 0:
             self.log(f"  [first round: batch {self.batches}/{len(self.names)}, "
@@ -560,6 +577,7 @@ def _progress_callback(state: _Budget):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
             n = len(runner_results)
             state.trials += n
+            state.joined += 1
             for b, r in zip(builder_results, runner_results):
                 if b.error_msg is not None or r.error_msg is not None or not r.run_secs:
                     state.errors += 1
@@ -580,12 +598,6 @@ def _progress_callback(state: _Budget):
                 + (f", best {best * 1e6:.1f} us" if best is not None else ", no valid candidate yet")
                 + (f" ({state.errors} failed so far)" if state.errors else "")
             )
-            if state.deadline is not None and time.monotonic() >= state.deadline and not state.timed_out:
-                state.timed_out = True
-                state.log("  time budget reached: stopping after this batch")
-                for i, rec in enumerate(task_scheduler.tasks_):
-                    if not rec.is_terminated:
-                        task_scheduler.terminate_task(i)
 
     return _Progress()
 
@@ -681,8 +693,8 @@ def fit_first_round(selected: list[int], infos: list[TaskInfo], budget_s: float,
                     batch_s: float) -> tuple[list[int], list[int]]:
     """(kept, skipped): the first round gives every kernel one batch and is measured before
     the time budget can stop anything, so when it would not fit in ~60 % of the budget, only
-    the kernels that matter most (FLOPs x calls) are tuned; the rest keep TVM's default
-    schedule."""
+    the kernels that matter most (FLOPs x calls) are tuned this session; the rest keep
+    their records, or TVM's default schedule if they have none."""
     room = max(1, int(0.6 * budget_s / max(batch_s, 1.0)))
     if len(selected) <= room:
         return selected, []
@@ -749,7 +761,8 @@ def tune_model(
             report.notes.append(
                 f"time budget too short for a first round over all {len(skipped) + len(selected)} kernels "
                 f"(~{seconds_per_batch(db):.0f} s per kernel and round here): tuned the {len(selected)} with the "
-                f"most FLOPs; {', '.join(infos[i].name for i in skipped)} keep TVM's default schedule")
+                f"most FLOPs; not tuned this session: "
+                + ", ".join(infos[i].name + ("" if infos[i].trials_before else " (default schedule)") for i in skipped))
             log(f"note: {report.notes[-1]}")
     if remaining <= 0 or not selected:
         report.stopped_by = "already-tuned"
@@ -809,10 +822,16 @@ def tune_model(
     except TuningError:
         raise
     except Exception as exc:  # noqa: BLE001
-        from edgeprune.compile.backends.onnxruntime import one_line
+        if state.timed_out and (isinstance(exc, _StopTuning) or STOP_MARK in str(exc)):
+            exc = None  # the clean end of a time-budgeted session
+        if exc is not None:
+            from edgeprune.compile.backends.onnxruntime import one_line
 
-        raise TuningError(f"MetaSchedule tuning of {name} for {target.name} failed: {one_line(exc)}",
-                          f"full logs in {session_dir}") from exc
+            db.write_meta(target, {"model": name, "seconds": round(time.monotonic() - t_start, 1),
+                                   "trials": state.trials, "stopped_by": "error", "error": one_line(exc),
+                                   "measured_on": measured_on, "threads": threads, "batches": state.batches})
+            raise TuningError(f"MetaSchedule tuning of {name} for {target.name} failed: {one_line(exc)}",
+                              f"full logs in {session_dir}") from exc
     finally:
         if builder is not None:
             with contextlib.suppress(Exception):
