@@ -135,6 +135,7 @@ def run_model(name: str, args, target, device) -> dict:
     from edgeprune.models.spec import load_model
     from edgeprune.models.train import evaluate
     from edgeprune.prune.api import PruneOptions, prune_model, pruned_loaded_model
+    from edgeprune.errors import PruneError
     from edgeprune.prune.graph import build_space
 
     out = args.out / name
@@ -154,6 +155,7 @@ def run_model(name: str, args, target, device) -> dict:
     base_acc = float(evaluate(model.module, data.val, data.task, batch_size=256))
     recipe = RECIPES.get(name, RECIPES["digits-cnn"])
     runs: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
     for label in args.strategies:
         strategy, importance, steps = parse_label(label)
         for b in args.budgets:
@@ -168,7 +170,13 @@ def run_model(name: str, args, target, device) -> dict:
             opts = PruneOptions(budget=b, strategy=strategy, importance=importance, seed=args.seed,
                                 distill=args.distill, strategy_options=extra, gradual_steps=steps, **recipe)
             t1 = time.perf_counter()
-            res = prune_model(model, options=opts, latency_model=predictor, log=log, progress=False)
+            try:
+                res = prune_model(model, options=opts, latency_model=predictor, log=log, progress=False)
+            except PruneError as exc:  # e.g. a budget below what the minimum widths can reach
+                log(f"[{name}] {key}: skipped: {exc}")
+                skipped[key] = str(exc)
+                del onnx_paths[key]
+                continue
             seconds = time.perf_counter() - t1
             export_onnx(pruned_loaded_model(model, res), onnx_paths[key])
             cost = graph_cost(onnx_paths[key])
@@ -197,7 +205,7 @@ def run_model(name: str, args, target, device) -> dict:
                                         "val_samples": len(data.val),
                                         "macs": orig_cost.macs, "predicted_ms": predictor.predict(space.full_widths()),
                                         "spread": meas["original"]["spread"]},
-            "runs": runs, "calibration": predictor.describe() if hasattr(predictor, "describe") else None}
+            "runs": runs, "skipped": skipped, "calibration": predictor.describe() if hasattr(predictor, "describe") else None}
 
 
 def compare(res: dict, strategies: list[str], budgets: list[float], field: str = "accuracy") -> dict:
@@ -274,6 +282,8 @@ def render(results: list[dict], comparisons: dict, strategies: list[str]) -> str
                          f"{r['predicted_ms'] / r['original_predicted_ms']:.2f} | {r['accuracy']:.2f} | "
                          f"{r['accuracy_after_search']:.2f} | {r['macs'] / 1e6:.1f} | {r['search_seconds']:.0f} | "
                          f"{r['seconds']:.0f} |")
+        for key, why in res.get("skipped", {}).items():
+            lines.append(f"\n{key}: not run ({why})")
         for title, c in (("after fine-tuning", comparisons[name]),
                          ("before fine-tuning (cut + BN recalibration only)", comparisons.get(name + ":before-ft"))):
             if c is not None:

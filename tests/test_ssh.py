@@ -367,6 +367,13 @@ def test_bench_command_with_several_devices(sshd, tmp_path, tiny_onnx):
     for name in ("pi-a", "pi-b"):
         s = json.loads((out / name / "summary.json").read_text())
         assert s["device"] == name and s["backend"] == "onnxruntime"
+    # each device's run is in the results database, like a single-device bench
+    from edgeprune.results.store import ResultsStore, default_db_path
+
+    with ResultsStore(default_db_path(None)) as store:
+        runs = store.runs(kind="bench")
+        devices = {m.device for r in runs for m in store.measurements(run_id=r.id)}
+    assert len(runs) == 2 and devices == {"pi-a", "pi-b"}
 
 
 def test_devices_check_reports_runtimes_and_missing(sshd, tmp_path):

@@ -13,7 +13,12 @@ def bench_many(model, target, devices, out_dir: Path, options, as_json: bool) ->
     from edgeprune.errors import BenchError
 
     log(f"benchmarking on {len(devices)} devices in parallel: {', '.join(d.name for d in devices)}")
+    from edgeprune.cli.results_cmd import record
+
     outcomes = bench_on_devices(model, target, devices, out_dir, options, log)
+    for o in outcomes:  # one run per device in the results DB, failed devices included
+        if o.summary is not None:
+            record(o.summary, "bench")
     if as_json:
         print_json([
             {"device": o.device.name, "ok": o.ok, "error": o.error, "seconds": round(o.seconds, 2),

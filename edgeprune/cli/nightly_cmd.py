@@ -15,6 +15,7 @@ import click
 
 from edgeprune.cli.output import err, log, out, print_json, table
 from edgeprune.cli.results_cmd import db_option
+from edgeprune.cli.devices_check import ssh_options
 
 EXIT_OK, EXIT_REGRESSION, EXIT_FAILED = 0, 1, 2
 
@@ -39,6 +40,7 @@ def _sigterm_to_interrupt(signum, frame):  # CI runners stop jobs with SIGTERM
               help="Scratch space for models and bundles (default: out/nightly).")
 @click.option("--keep-work", is_flag=True, help="Keep the compiled bundles after the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
+@ssh_options
 @click.pass_context
 def nightly_cmd(ctx, matrix, db, report_dir, formats, since, pin, shard, work_dir, keep_work, as_json) -> None:
     """Run a benchmark matrix, detect regressions against history, write reports.

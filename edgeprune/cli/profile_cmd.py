@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from edgeprune.cli.common import load_model_from_options, model_options
+from edgeprune.cli.devices_check import ssh_options
 from edgeprune.cli.output import err, log, out, table
 from edgeprune.latency.grid import DENSITIES
 
@@ -138,6 +139,7 @@ def print_validation(rep) -> None:
 @click.option("--plot", "do_plot", is_flag=True, help="Write a PNG per layer of latency vs channel count.")
 @click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where --plot writes (default: out/lut-<model>-<target>-<backend>/).")
+@ssh_options
 @click.option("--keep-bundles", type=click.Path(file_okay=False, path_type=Path), hidden=True)
 def profile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
                 threads, density, rounds, calibration_variants, keep_layers, refresh, pinned, cache_dir, do_validate,

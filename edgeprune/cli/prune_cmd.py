@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from edgeprune.cli.common import load_model_from_options, model_options
+from edgeprune.cli.devices_check import ssh_options
 from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.prune.importance import IMPORTANCE
 from edgeprune.prune.strategies import STRATEGIES
@@ -115,6 +116,7 @@ def _check_out(ctx, param, value: Path) -> Path:
 @click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("pruned.pt"),
               show_default=True, callback=_check_out,
               help="Pruned model file; .onnx and .json are written next to it.")
+@ssh_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def prune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
               out_path, as_json, **kwargs) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgeprune.cli.common import load_model_from_options, model_options
+from edgeprune.cli.devices_check import ssh_options
 from edgeprune.cli.output import log, out, print_json, table
 
 
@@ -86,6 +87,7 @@ def print_report(report, as_json: bool) -> None:
 @click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the exported model.onnx goes (default: out/<model>-<target>-tune).")
 @click.option("--json", "as_json", is_flag=True, help="Print the tuning report as JSON.")
+@ssh_options
 @click.option("--verbose", is_flag=True, help="Show MetaSchedule's own progress tables.")
 def tune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, trials, time_budget, trials_per_task,
              device_name, devices_file, rpc_tracker, rpc_key, threads, db_dir, status, out_dir, as_json,

@@ -320,7 +320,9 @@ class TuneSettings:
     trials_per_iter: int | None = None  # None: sized so every kernel gets a first round
     population: int = 512  # evolutionary search population (MetaSchedule default)
     builder_timeout_s: float = BUILDER_TIMEOUT_S
-    builder_workers: int = 1
+    #: candidates are built in parallel, then timed alone: MetaSchedule joins the runner before
+    #: the next batch is built, so building on every core never overlaps a measurement
+    builder_workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     runner_timeout_s: float = 60.0
     threads: int | None = None  # TVM threads while timing candidates (default: target cores)
     rpc: RpcSettings | None = None

@@ -11,7 +11,8 @@ Measurement care on a noisy machine: each point is timed in ``rounds`` short ser
 and the rounds of all points in a chunk are *interleaved* (round 1 of every point in a
 random order, then round 2, ...), so a burst of load from another process hits many
 points a little instead of one point a lot. A point's latency is the median of its
-round medians; points whose rounds still disagree are measured again (more rounds).
+round medians (:func:`~edgeprune.latency.lut.robust_ms`); points whose rounds disagree
+are measured again (more rounds).
 
 The profile loop is a fixpoint: ask the table what it still needs (planned points,
 then refinement of unconfirmed intervals, then noisy points), measure that, repeat. The
@@ -41,7 +42,7 @@ from edgeprune.bench.bundle import BenchJob, JobResult, write_manifest
 from edgeprune.errors import BenchError, ConfigError, ModelError
 from edgeprune.latency.grid import GridSettings
 from edgeprune.latency.layers import input_shapes, make_inputs, write_layer_onnx
-from edgeprune.latency.lut import REMEASURE_ROUNDS, LatencyEntry, LatencyTable, Point, complete_table
+from edgeprune.latency.lut import REMEASURE_ROUNDS, LatencyEntry, LatencyTable, Point, complete_table, robust_ms
 from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement, error_stats
 from edgeprune.latency.store import LUTStore, TableFile, TableKey, target_fingerprint
 from edgeprune.prune.space import PrunableLayer, PruneSpace
@@ -119,7 +120,7 @@ class Timing:
 
     @property
     def ms(self) -> float:
-        return float(statistics.median(self.rounds))
+        return robust_ms(self.rounds)
 
 
 #: A fixed mid-size conv timed in every bundle, interleaved with the points: the unit in
@@ -326,17 +327,20 @@ class BundleMeasurer:
 def warn_if_busy(device: "Device", log: Log) -> float | None:
     """On a local device, say so when other processes keep the CPUs busy: jobs longer
     than a scheduler time slice then get preempted, which inflates long inferences much
-    more than short ones (the table stops adding up). Returns the 1-minute load average."""
+    more than short ones (the table stops adding up). Returns the CPUs other processes
+    kept busy (sampled now, while this process waits; see :mod:`edgeprune.bench.host_load`)."""
     import os
 
-    if device.kind != "local" or not hasattr(os, "getloadavg"):
+    from edgeprune.bench.host_load import busy_cores
+
+    if device.kind != "local":
         return None
-    load = os.getloadavg()[0]
+    busy = busy_cores()
     cores = os.cpu_count() or 1
-    if load > 1.5 * cores:
-        log(f"warning: this machine is busy (load average {load:.1f} on {cores} cores): timings are inflated and "
+    if busy > 0.25 * cores:
+        log(f"warning: other processes keep {busy:.1f} of {cores} CPUs busy: timings are inflated and "
             "noisy, long inferences more than short ones; for a table you can trust, profile on an idle device")
-    return load
+    return busy
 
 
 # ---- the model's prune space ---------------------------------------------------------------
@@ -631,7 +635,7 @@ class ValidationReport:
     full_ms_now: float | None
     drift: float | None
     seconds: float
-    load_average: float | None = None  # of this machine when validation started (local devices)
+    busy_cpus: float | None = None  # CPUs other processes kept busy when validation started (local)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -640,7 +644,7 @@ class ValidationReport:
             "model": self.model, "backend": self.backend, "calibration": self.method, "widths": self.widths_mode,
             "raw": self.raw_stats, "flops_predictor": self.flops_stats,
             "full_ms_at_profile": self.full_ms_profile, "full_ms_now": self.full_ms_now, "drift": self.drift,
-            "seconds": round(self.seconds, 2), "load_average": self.load_average,
+            "seconds": round(self.seconds, 2), "busy_cpus": None if self.busy_cpus is None else round(self.busy_cpus, 2),
         }
 
 
@@ -710,5 +714,5 @@ def validate(
         model=model.spec, backend=backend, method=pred.calibration.method, widths_mode=widths_mode, variants=rows,
         stats=error_stats(pairs), raw_stats=error_stats(raw_pairs), flops_stats=error_stats(fpairs),
         full_ms_profile=pred.calibration.full_ms, full_ms_now=full_now, drift=drift,
-        seconds=time.perf_counter() - t0, load_average=load,
+        seconds=time.perf_counter() - t0, busy_cpus=load,
     )

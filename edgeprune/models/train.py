@@ -67,12 +67,10 @@ def suggested_threads() -> int:
     recommender 4-7x faster than two), so we only use cores that look idle, and at
     least one.
     """
+    from edgeprune.bench.host_load import busy_cores
+
     cores = available_cores()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # pragma: no cover - non-Unix
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
+    return max(1, min(cores, round(cores - busy_cores(0.3))))
 
 
 @contextlib.contextmanager
