@@ -45,6 +45,14 @@ def test_each_kind_of_failure_is_rejected_with_its_reason(bad, reason):
     assert chosen == "onnxruntime" and reason in why
 
 
+def test_an_int8_artifact_failing_its_relative_rule_is_rejected_not_a_crash():
+    # INT8 parity uses a relative rule and carries no absolute tolerance (found on mobilenetv2)
+    bad = result("openvino-int8", 0.1, verified=False, diff=0.7, precision="int8")
+    bad.tolerance = None
+    chosen, why = choose_backend([result("onnxruntime", 2.0), bad], 99.0, 1.0)
+    assert chosen == "onnxruntime" and "openvino-int8 failed parity (max diff 0.7)" in why
+
+
 def test_nothing_passing_chooses_nothing_and_lists_every_reason():
     chosen, why = choose_backend([result("onnxruntime", 1.0, verified=False, diff=1.0),
                                   result("openvino", 1.0, error="build failed")], None, 1.0)

@@ -289,3 +289,29 @@ def test_tuning_on_the_emulated_arm_board_keeps_records_apart(tuning_dir, tmp_pa
     rep = json.loads(res.stdout)
     assert rep["database"].endswith("-emulated") and rep["trials_total"] >= 1
     assert tuning.records_for(get_target("rpi4")) is None
+
+
+def test_ctrl_c_stops_tuning_cleanly_and_keeps_the_records(tuning_dir, tmp_path):
+    """A KeyboardInterrupt inside MetaSchedule's callbacks is swallowed by its C++ loop, so
+    Ctrl-C must be turned into a clean stop at the next batch (records kept, exit 0)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    model = conv_net(tmp_path / "two.onnx", [8, 12])
+    env = dict(os.environ, EDGEPRUNE_TUNING_DIR=str(tuning_dir))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edgeprune.cli", "tune", "--model", str(model), "--target", "host", "--trials", "400",
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in proc.stderr:  # wait until the first batch has been measured and recorded
+        seen.append(line)
+        if "measured" in line and "trials" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, "".join(seen) + err
+    report = json.loads(out)
+    assert report["stopped_by"] == "interrupted" and 0 < report["trials_run"] < 400
+    assert "Ctrl-C" in err and TuningDatabase.for_target(get_target("host")).record_count() >= 1

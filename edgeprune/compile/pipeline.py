@@ -178,7 +178,9 @@ def choose_backend(
         if not r.ok:
             rejected.append(f"{r.name} failed ({r.error})")
         elif r.verified is False:
-            rejected.append(f"{r.name} failed parity (max diff {r.max_abs_diff:.2g} > {r.tolerance:.2g})")
+            diff = "?" if r.max_abs_diff is None else f"{r.max_abs_diff:.2g}"
+            rule = "" if r.tolerance is None else f" > {r.tolerance:.2g}"  # INT8 has a relative rule, no tolerance
+            rejected.append(f"{r.name} failed parity (max diff {diff}{rule})")
         elif reference_acc is not None and r.accuracy is not None and r.accuracy < reference_acc - acc_tol:
             rejected.append(f"{r.name} lost accuracy ({r.accuracy:.2f}% vs {reference_acc:.2f}%)")
         elif getattr(r, "precision", "fp32") != "fp32" and (r.accuracy is None or reference_acc is None):

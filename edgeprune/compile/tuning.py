@@ -53,7 +53,11 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 META_FILE = "edgeprune-tuning.json"
 #: default MetaSchedule settings that worked on this machine (see DESIGN.md)
-BUILDER_TIMEOUT_S = 600.0
+#: per candidate build. MetaSchedule's own LocalBuilder needs minutes because every batch
+#: starts a worker that imports TVM; edgeprune's workers are long-lived (the import is paid
+#: once, in the initializer), and a candidate still compiling after 3 min is a pathological
+#: schedule (measured: one ResNet-18 candidate held the session idle-but-one-core for 5+ min)
+BUILDER_TIMEOUT_S = 180.0
 DEFAULT_TRIALS_PER_ITER = 64
 #: ~seconds per trial on the 2-core host (search + build + run, builder worker kept alive);
 #: only for the up-front time estimate
@@ -551,6 +555,7 @@ class _Budget:
         self.errors = 0
         self.best: dict[int, float] = {}
         self.timed_out = False
+        self.interrupted = False  # Ctrl-C: stop at the next batch boundary
         self.batches = 0
         self.joined = 0
 
@@ -559,6 +564,9 @@ class _Budget:
         is spent and every batch already sent has been measured and recorded (so nothing
         measured is lost); before the first measurements come back (a whole first round,
         one batch per kernel) it says that something is happening."""
+        if self.interrupted and self.batches == self.joined:
+            self.log("  interrupted: stopping (every measured batch is recorded)")
+            raise _StopTuning(STOP_MARK)
         if (self.deadline is not None and time.monotonic() >= self.deadline
                 and self.batches == self.joined):
             self.timed_out = True
@@ -602,6 +610,35 @@ def _progress_callback(state: _Budget):
             )
 
     return _Progress()
+
+
+@contextlib.contextmanager
+def _stop_on_ctrl_c(state: _Budget) -> Iterator[None]:
+    """Ctrl-C while MetaSchedule runs: a KeyboardInterrupt raised inside one of its Python
+    callbacks is swallowed by TVM's C++ loop (measured: the session went on tuning), so the
+    first Ctrl-C asks the builder to stop at the next batch boundary where nothing measured
+    is unrecorded, the same clean stop as the time budget; the third one kills the process."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if state.interrupted:  # an exception would be swallowed too: the next Ctrl-C kills the process
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            state.log("  Ctrl-C again: the next one kills the process (unrecorded batches are lost)")
+            return
+        state.interrupted = True
+        state.log("  Ctrl-C: stopping as soon as every batch sent is recorded (MetaSchedule records the first "
+                  "round only when all kernels have had a batch); press twice more to kill it now")
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 @contextlib.contextmanager
@@ -795,7 +832,7 @@ def tune_model(
     interrupted = False
     builder = None
     try:
-        with db.exclusive(), _metaschedule_console(settings.verbose):
+        with db.exclusive(), _metaschedule_console(settings.verbose), _stop_on_ctrl_c(state):
             with _fast_frame_stack():
                 contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
                     extracted_tasks=[tasks[i] for i in selected],
@@ -824,8 +861,9 @@ def tune_model(
     except TuningError:
         raise
     except Exception as exc:  # noqa: BLE001
-        if state.timed_out and (isinstance(exc, _StopTuning) or STOP_MARK in str(exc)):
-            exc = None  # the clean end of a time-budgeted session
+        if (state.timed_out or state.interrupted) and (isinstance(exc, _StopTuning) or STOP_MARK in str(exc)):
+            exc = None  # the clean end of a time-budgeted or interrupted session
+            interrupted = interrupted or state.interrupted
         if exc is not None:
             from edgeprune.compile.backends.onnxruntime import one_line
 
