@@ -10,11 +10,10 @@ from edgeprune.cli.output import log, out, print_json, table
 def bench_many(model, target, devices, out_dir: Path, options, as_json: bool) -> None:
     """Benchmark on every device in parallel (each board serialised), print, fail if any failed."""
     from edgeprune.bench.fleet import bench_on_devices
+    from edgeprune.cli.results_cmd import record
     from edgeprune.errors import BenchError
 
     log(f"benchmarking on {len(devices)} devices in parallel: {', '.join(d.name for d in devices)}")
-    from edgeprune.cli.results_cmd import record
-
     outcomes = bench_on_devices(model, target, devices, out_dir, options, log)
     for o in outcomes:  # one run per device in the results DB, failed devices included
         if o.summary is not None:

@@ -50,9 +50,10 @@ def robust_ms(rounds: Iterable[float]) -> float:
     The fastest round was tried (load only ever slows a round down) and measured worse
     here: this shared host switches between a fast and a slow state for seconds at a time
     (a fresh mobilenetv2 session: 3.8 ms once, 6.4-6.6 ms nine times), so the minimum of
-    3-5 rounds catches the fast state for some points and not for others. On the same
-    stored measurements mobilenetv2/onnxruntime validation went from 9 % to 55 % median
-    error with the minimum; the median describes the state the device is usually in.
+    3-5 rounds catches the fast state for some points and not for others. Re-reading the
+    same stored tables with the minimum and validating again, mobilenetv2/onnxruntime went
+    from 9 % to 55 % median error (benchmarks/results/2026-11-23/); the median describes
+    the state the device is usually in.
     """
     rs = [float(r) for r in rounds]
     if not rs:
