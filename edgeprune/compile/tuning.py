@@ -426,20 +426,12 @@ def check_measurable(target: "Target", rpc: RpcSettings | None) -> str:
 
 def extract(onnx_path: Path, target: "Target"):
     """(lowered module, tvm target, extracted tasks) of an ONNX model for ``target``."""
-    import onnx
     import tvm
-    from tvm import relax
-    from tvm.relax.frontend.onnx import from_onnx
     from tvm.s_tir import meta_schedule as ms
 
-    from edgeprune.compile.backends.tvm import _static_inputs
+    from edgeprune.compile.backends.tvm import import_relax
 
-    model = onnx.load(str(onnx_path))
-    shapes, dtypes = _static_inputs(model)
-    mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
-    mod = tvm.transform.Sequential(
-        [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
-    )(mod)
+    mod = import_relax(Path(onnx_path))
     tvm_target = tvm.target.Target(tvm_target_dict(target))
     lowered = lower_for_tuning(mod, tvm_target)
     tasks = ms.relax_integration.extract_tasks(lowered, tvm_target)

@@ -126,18 +126,13 @@ class TvmBackend(Backend):
         out_dir.mkdir(parents=True, exist_ok=True)
         so_path = out_dir / "model.so"
         try:
-            import onnx
+            # imported before t0: `import tvm` and its ONNX frontend take seconds, not build time
+            import onnx  # noqa: F401
             import tvm
-            from tvm import relax
-            from tvm.relax.frontend.onnx import from_onnx
+            from tvm.relax.frontend.onnx import from_onnx  # noqa: F401
 
             t0 = time.perf_counter()  # `import tvm` (seconds) is not part of the build time
-            model = onnx.load(str(onnx_path))
-            shapes, dtypes = _static_inputs(model)
-            mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
-            mod = tvm.transform.Sequential(
-                [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
-            )(mod)
+            mod = import_relax(onnx_path)
             tdict = self.target_dict(target)
             tvm_target = tvm.target.Target(tdict)
             applied, tuning_error = None, None
@@ -219,6 +214,25 @@ def gpu_kernel_source(ex) -> tuple[str, str] | None:
             return ("cu" if kind == "cuda" else "cl"), m.inspect_source()
         stack.extend(m.imports)
     return None
+
+
+def import_relax(onnx_path: Path):
+    """The Relax module of an ONNX file, with static shapes and inference-only ops.
+
+    The one import both ``build`` and the tuner (``tuning.extract``) use: MetaSchedule
+    records are keyed by each kernel's structural hash, so the two must lower the model
+    identically or a build would not find the records a tune wrote."""
+    import onnx
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = onnx.load(str(onnx_path))
+    shapes, dtypes = _static_inputs(model)
+    mod = from_onnx(model, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False)
+    return tvm.transform.Sequential(
+        [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+    )(mod)
 
 
 def _static_inputs(model) -> tuple[dict[str, list[int]], dict[str, str]]:
