@@ -73,6 +73,9 @@ def suggested_threads() -> int:
     return max(1, min(cores, round(cores - busy_cores(0.3))))
 
 
+_THREADS_DEPTH = 0  # how many torch_threads contexts are open (the outermost one chooses)
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None = None) -> Iterator[int]:
     """Run torch ops on ``n`` intra-op threads (default: :func:`suggested_threads`) and
@@ -80,12 +83,17 @@ def torch_threads(n: int | None = None) -> Iterator[int]:
     caller's."""
     import torch
 
+    global _THREADS_DEPTH
     old = torch.get_num_threads()
-    n = n or suggested_threads()
+    # nested inside another torch_threads (a search's short recoveries inside prune_model):
+    # keep the outer choice instead of sampling the machine's load again for every step
+    n = n or (old if _THREADS_DEPTH else suggested_threads())
     torch.set_num_threads(n)
+    _THREADS_DEPTH += 1
     try:
         yield n
     finally:
+        _THREADS_DEPTH -= 1
         torch.set_num_threads(old)
 
 
