@@ -8,10 +8,11 @@ available or fails, the unpruned digits-cnn, and the output says so).
 
 Every variant of a model is built into ONE bundle and timed by the same on-device runner
 in the same session, round after round (``--rounds``, job order rotated each round), so
-the ratios compare like with like on a shared, noisy machine. ``auto`` decides on round 1
-exactly as ``edgeprune compile`` does (fastest artifact that passed parity and accuracy);
-later rounds re-measure everything and show how its pick fares against the best single
-backend of that round.
+the ratios compare like with like on a shared, noisy machine. ``auto`` decides on the
+first ``--decide-rounds`` rounds exactly as ``edgeprune compile --rounds N`` does (fastest
+artifact that passed parity and accuracy, by the median of its round medians); the later
+rounds are held out and show how its pick fares against the best single backend there
+(per round, and over all held-out rounds).
 
 Tuning: records go to the target's tuning database and are kept, so a rerun tunes only
 what is missing (``--trials`` is the *total* per model). The tuning time reported is the
@@ -37,6 +38,7 @@ import numpy as np
 
 from edgeprune.bench.bundle import BenchJob
 from edgeprune.bench.io import save_arrays, save_eval
+from edgeprune.bench.rounds import rounds_faster
 from edgeprune.bench.stats import LatencyStats
 from edgeprune.compile.analysis import graph_cost
 from edgeprune.compile.backends import get_backend
@@ -153,6 +155,52 @@ def results_of(round_results: dict, arts: dict, errors: dict, first: dict | None
     return rows
 
 
+def decision_results(tables: list[list[BackendResult]], names: list[str]) -> dict[str, BackendResult]:
+    """One BackendResult per name from the decision rounds: every round's times, the
+    round medians, parity and accuracy from round 1 (what `compile --rounds k` sees)."""
+    out = {}
+    for n in names:
+        rows = [next(b for b in t if b.name == n) for t in tables]
+        first = rows[0]
+        if not first.ok:
+            out[n] = first
+            continue
+        good = [b for b in rows if b.ok]
+        br = BackendResult(name=n, artifact=first.artifact, precision=first.precision, verified=first.verified,
+                           max_abs_diff=first.max_abs_diff, tolerance=first.tolerance, accuracy=first.accuracy,
+                           latency_ms=LatencyStats.from_times([t for b in good for t in b.times_ms]),
+                           round_medians_ms=[b.latency_ms.median for b in good])  # type: ignore[union-attr]
+        out[n] = br
+    return out
+
+
+def held_out_checks(tables: list[list[BackendResult]], k: int, choice: str | None) -> dict[str, Any]:
+    """auto's pick against the best single backend in the rounds it did not decide on:
+    per round (vs that round's fastest, an oracle no single backend matches) and over
+    all held-out rounds (vs the backend with the lowest median of held-out round medians)."""
+    held = tables[k:] if len(tables) > k else tables
+    per_round, meds = [], {}
+    for i, rows in enumerate(held):
+        by = {b.name: b for b in rows if b.ok and b.verified is not False}
+        singles = {n: by[n].latency_ms.median for n in AUTO_CANDIDATES if n in by}  # type: ignore[union-attr]
+        for n, v in singles.items():
+            meds.setdefault(n, []).append(v)
+        if not singles or choice not in singles:
+            continue
+        best = min(singles, key=singles.get)  # type: ignore[arg-type]
+        per_round.append({"round": k + i + 1 if len(tables) > k else i + 1, "auto": choice, "auto_ms": singles[choice],
+                          "best": best, "best_ms": singles[best], "ratio": singles[choice] / singles[best]})
+    overall = None
+    if choice in meds:
+        med = {n: float(np.median(v)) for n, v in meds.items() if len(v) == len(meds[choice])}
+        best = min(med, key=med.get)  # type: ignore[arg-type]
+        won, n = rounds_faster(meds[choice], meds[best]) if best != choice else (len(meds[choice]), len(meds[choice]))
+        overall = {"best_single": best, "ratio": med[choice] / med[best], "rounds": len(meds[choice]),
+                   "pick_faster_rounds": won if best != choice else None,
+                   "medians": {n: round(v, 4) for n, v in med.items()}}
+    return {"decided_on_rounds": k, "per_round": per_round, "held_out": overall}
+
+
 def bench_model(name: str, args, target: Target, root: Path) -> dict[str, Any]:
     log(f"== {name}")
     model, note = load(name, args.prune_budget)
@@ -190,20 +238,13 @@ def bench_model(name: str, args, target: Target, root: Path) -> dict[str, Any]:
                 b.speedup_vs_reference = ort.latency_ms.median / b.latency_ms.median if ort else None
                 b.roofline_fraction = flops / (b.latency_ms.median / 1e3) / peak
 
-    # auto decides on round 1, over what compile would build (untuned TVM is not an option once tuned)
-    r1 = {b.name: b for b in tables[0]}
-    fp32_choice, fp32_reason = choose_backend([r1[n] for n in AUTO_CANDIDATES], ref_acc, 1.0)
-    all_choice, all_reason = choose_backend([r1[n] for n in AUTO_CANDIDATES + INT8], ref_acc, 1.0)
-    checks = []
-    for i, rows in enumerate(tables):
-        by = {b.name: b for b in rows if b.ok and b.verified is not False}
-        singles = {n: by[n].latency_ms.median for n in AUTO_CANDIDATES if n in by}
-        if not singles or fp32_choice not in by:
-            continue
-        best = min(singles, key=singles.get)
-        checks.append({"round": i + 1, "auto": fp32_choice, "auto_ms": singles[fp32_choice], "best": best,
-                       "best_ms": singles[best], "ratio": singles[fp32_choice] / singles[best]})
-
+    # auto decides on the first --decide-rounds rounds, over what compile would build (untuned TVM is not an
+    # option once tuned), exactly as `compile` does with its interleaved rounds; the later rounds are held out
+    k = max(1, min(args.decide_rounds, len(tables) - 1 if len(tables) > 1 else 1))
+    decide = decision_results(tables[:k], AUTO_CANDIDATES + INT8)
+    fp32_choice, fp32_reason = choose_backend([decide[n] for n in AUTO_CANDIDATES], ref_acc, 1.0)
+    all_choice, all_reason = choose_backend([decide[n] for n in AUTO_CANDIDATES + INT8], ref_acc, 1.0)
+    checks = held_out_checks(tables, k, fp32_choice)
     tvm_notes = next((b.notes for b in tables[0] if b.name == "tvm"), [])
     return {
         "model": model.name, "requested": name, "note": note, "params": cost.params, "macs": cost.macs,
@@ -264,9 +305,21 @@ def markdown(results: list[dict[str, Any]], target: Target, args) -> str:
         a = r["auto"]
         lines += ["", f"- auto (fp32, what `compile` picks): **{a['fp32_choice']}** — {a['fp32_reason']}",
                   f"- auto with `--quantize int8`: **{a['with_int8_choice']}** — {a['with_int8_reason']}"]
-        for c in a["checks"]:
-            lines.append(f"- round {c['round']}: auto's pick {c['auto']} {c['auto_ms']:.3f} ms vs best single backend "
-                         f"{c['best']} {c['best_ms']:.3f} ms ({c['ratio']:.3f}x)")
+        c = a["checks"]
+        lines.append(f"- auto decided on round(s) 1-{c['decided_on_rounds']}; held out:")
+        for pr in c["per_round"]:
+            lines.append(f"  - round {pr['round']}: auto's pick {pr['auto']} {pr['auto_ms']:.3f} ms vs that round's "
+                         f"fastest {pr['best']} {pr['best_ms']:.3f} ms ({pr['ratio']:.3f}x)")
+        h = c["held_out"]
+        if h:
+            if h["best_single"] == a["fp32_choice"]:
+                verdict = "auto picked it (1.000x)"
+            else:
+                verdict = (f"auto's pick is {h['ratio']:.3f}x of it and was faster in {h['pick_faster_rounds']} "
+                           f"of {h['rounds']} held-out rounds")
+            lines.append(f"  - over the {h['rounds']} held-out round(s), the best single backend is "
+                         f"**{h['best_single']}** (median of round medians; "
+                         + ", ".join(f"{n} {v:.3f} ms" for n, v in h["medians"].items()) + f"): {verdict}")
         lines.append("")
     rn = next((r for r in results if r["requested"] == "resnet18"), None)
     if rn is not None:
@@ -292,7 +345,9 @@ def main() -> int:
                     help="cap on each model's tuning session (e.g. 30m)")
     ap.add_argument("--no-tune", action="store_true", help="measure with the records that exist; tune nothing")
     ap.add_argument("--prune-budget", type=float, default=0.5, help="digits-pruned: fraction of original latency")
-    ap.add_argument("--rounds", type=int, default=2, help="measurement rounds (auto decides on the first)")
+    ap.add_argument("--rounds", type=int, default=5, help="measurement rounds")
+    ap.add_argument("--decide-rounds", type=int, default=2,
+                    help="auto decides on the first N rounds (like `compile --rounds N`); the rest are held out")
     ap.add_argument("--min-runs", type=int, default=30)
     ap.add_argument("--min-time", type=float, default=2.0)
     ap.add_argument("--max-time", type=float, default=20.0)

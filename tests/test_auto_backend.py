@@ -105,3 +105,31 @@ def test_cli_auto_prints_the_choice_and_why(tmp_path):
                                    "--min-runs", "5", "--min-time", "0.05", "--warmup", "1"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "chosen: " in res.output and "lowest median latency" in res.output
+
+
+def test_a_runner_up_that_won_some_rounds_is_reported_as_a_tie_within_noise():
+    a, b = result("onnxruntime", 2.0), result("openvino", 2.0)
+    a.round_medians_ms, b.round_medians_ms = [2.00, 2.10, 1.90], [1.95, 2.20, 2.05]
+    chosen, why = choose_backend([a, b], 99.0, 1.0)
+    # decided on the median of the round medians (2.00 vs 2.05), not on one series
+    assert chosen == "onnxruntime"
+    assert "2.000 ms, median of 3 interleaved rounds" in why
+    assert "openvino was faster in 1 of 3 interleaved rounds (+2.5%): a tie within this device's noise" in why
+
+
+def test_compile_interleaves_backends_in_rounds_and_keeps_one_result_each(tmp_path):
+    from edgeprune.config.devices import LOCAL
+    from edgeprune.config.targets import get_target
+    from edgeprune.models.spec import load_model
+
+    model = load_model(str(conv_model(tmp_path / "model.onnx", layers=2, seed=0)), log=lambda _m: None)
+    s = compile_model(model, get_target("host"), LOCAL, tmp_path / "out",
+                      CompileOptions(backends=("onnxruntime", "openvino"), bench=FAST), log=lambda _m: None)
+    by = {b.name: b for b in s.backends}
+    for b in by.values():
+        assert b.ok and b.verified is True, b
+        assert len(b.round_medians_ms) == FAST.rounds == 3
+        assert b.runs >= FAST.rounds  # every round's runs are kept
+    assert "interleaved rounds" in s.choice_reason
+    ids = [j["id"] for j in json.loads((tmp_path / "out" / "bundle" / "manifest.json").read_text())["jobs"]]
+    assert ids == ["onnxruntime", "openvino", "openvino#r2", "onnxruntime#r2", "onnxruntime#r3", "openvino#r3"]

@@ -249,6 +249,11 @@ def test_profile_cli_measures_validates_and_plots(tiny_profile):
     assert len(data["variants"]) == 3
     v = data["variants"][0]
     assert v["measured_ms"] > 0 and v["predicted_ms"] > 0 and "widths" in v
+    # measured = variant / unpruned model (same rounds) x unpruned model at profiling; the other views are kept
+    assert len(data["full_rounds_ms"]) == len(v["rounds_ms"])
+    for k in ("median_abs_pct_error", "within_10pct"):
+        assert k in data["raw"] and k in data["reference_unit"] and k in data["flops_predictor"]
+    assert v["raw_measured_ms"] > 0 and v["unit_measured_ms"] > 0
     prof = data["profile"]
     assert prof["points_measured"] > 0 and prof["model_measured"]
     assert prof["predictor"]["calibration"]["method"] in ("additive", "activation", "proportional", "linear")
@@ -328,3 +333,19 @@ def test_an_ssh_device_is_profiled_through_the_same_runner(tmp_path):
                           log=lambda m: None)
     assert r.key.device == "lut-board" and r.points_measured > 0 and r.bundles > 0
     assert r.table_path.parent.name == "lut-board"
+
+
+def test_every_point_is_timed_between_two_reference_series():
+    """The reference is timed REFERENCE_PER_ROUND times per round, spread through it, so one
+    slow moment cannot rescale a bundle and each point has a reference a few jobs away."""
+    from edgeprune.bench.bundle import BenchJob, JobResult
+    from edgeprune.latency.profiler import REFERENCE_KEY, BundleMeasurer
+
+    keys = [REFERENCE_KEY, "a", "b"]
+    ids = ["0.r0.0", "1.r0", "0.r0.1", "2.r0", "0.r0.2"]
+    jobs = [BenchJob(id=i, backend="onnxruntime", artifact="x", inputs="y") for i in ids]
+    med = {"0.r0.0": 1.0, "1.r0": 5.0, "0.r0.1": 3.0, "2.r0": 7.0, "0.r0.2": 2.0}
+    results = [JobResult(id=i, ok=True, times_ms=[m]) for i, m in med.items()]
+    assert BundleMeasurer._local_references(jobs, results, keys) == {"1.r0": 2.0, "2.r0": 2.5}
+    results[2] = JobResult(id="0.r0.1", ok=False, error="crashed")  # a failed reference series is skipped
+    assert BundleMeasurer._local_references(jobs, results, keys) == {"1.r0": 1.5, "2.r0": 1.5}

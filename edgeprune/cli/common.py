@@ -62,6 +62,11 @@ def bench_options(f: Callable) -> Callable:
     @click.option("--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed warm-up runs.")
     @click.option("--timeout", type=click.FloatRange(1), default=1800.0, show_default=True,
                   help="Seconds before a device run is killed (results finished so far are kept).")
+    @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True, expose_value=False,
+                  callback=_store_meta,
+                  help="With several artifacts, split their timing into this many interleaved rounds (A B C, B C A, "
+                       "...): they are compared in the same stretch of time, and --backend auto decides on the "
+                       "median of the round medians.")
     @click.option("--eval-samples", type=click.IntRange(1), expose_value=False, callback=_store_meta,
                   help="Score accuracy on at most this many held-out samples (default: all; "
                        "fewer for slow or emulated devices).")
@@ -83,5 +88,6 @@ def bench_settings(threads, min_runs, min_time, max_time, warmup, timeout):
 
     ctx = click.get_current_context(silent=True)
     eval_samples = ctx.meta.get("edgeprune.eval_samples") if ctx is not None else None
+    rounds = ctx.meta.get("edgeprune.rounds") if ctx is not None else None
     return BenchSettings(warmup=warmup, min_runs=min_runs, min_time_s=min_time, max_time_s=max_time,
-                         threads=threads, timeout_s=timeout, eval_samples=eval_samples)
+                         threads=threads, timeout_s=timeout, eval_samples=eval_samples, rounds=rounds or 3)

@@ -94,15 +94,18 @@ def print_validation(rep) -> None:
     table(f"Validation: {len(rep.variants)} random pruned variants ({rep.widths_mode} widths), measured end to end",
           ["#", "MACs", "measured ms", "predicted ms", "error", "FLOPs-pred ms", "FLOPs error"], rows,
           right={1, 2, 3, 4, 5, 6})
-    s, f, r = rep.stats, rep.flops_stats, rep.raw_stats
+    s, f, r, u = rep.stats, rep.flops_stats, rep.raw_stats, rep.unit_stats
     out.print(f"LUT predictor ({rep.method}): median |error| {s['median_abs_pct_error']:.2f}%, "
               f"p95 {s['p95_abs_pct_error']:.2f}%, within ±10%: {100 * s['within_10pct']:.0f}%", highlight=False)
     out.print(f"FLOPs-proportional:  median |error| {f['median_abs_pct_error']:.2f}%, "
               f"p95 {f['p95_abs_pct_error']:.2f}%, within ±10%: {100 * f['within_10pct']:.0f}%", highlight=False)
+    out.print("measured = variant / unpruned model timed in the same rounds x the unpruned model at profiling "
+              "(the latency relative to the unpruned model, which budgets use)", highlight=False)
     if rep.drift is not None:
-        out.print(f"machine drift since profiling: full model {100 * (rep.drift - 1):+.1f}% (errors above are in the "
-                  f"table's reference unit; against raw times: median {r['median_abs_pct_error']:.2f}%, "
-                  f"within ±10%: {100 * r['within_10pct']:.0f}%)", highlight=False)
+        out.print(f"machine drift since profiling: full model {100 * (rep.drift - 1):+.1f}%; LUT errors against raw "
+                  f"times: median {r['median_abs_pct_error']:.2f}%, within ±10%: {100 * r['within_10pct']:.0f}%; "
+                  f"in the reference-layer unit: median {u['median_abs_pct_error']:.2f}%, "
+                  f"within ±10%: {100 * u['within_10pct']:.0f}%", highlight=False)
 
 
 @click.command("profile")

@@ -20,6 +20,8 @@ import numpy as np
 
 from edgeprune import __version__
 from edgeprune.bench.bundle import BenchJob, JobResult, write_manifest
+from edgeprune.bench import rounds
+from edgeprune.bench.rounds import decision_ms, rounds_faster
 from edgeprune.bench.devices import executor_for
 from edgeprune.bench.io import save_arrays, save_eval
 from edgeprune.bench.stats import LatencyStats
@@ -55,6 +57,9 @@ class BenchSettings:
     threads: int | None = None
     timeout_s: float = 1800.0
     eval_samples: int | None = None
+    #: with several artifacts, their timing is split into this many interleaved rounds
+    #: (edgeprune.bench.rounds): a choice between them then compares like with like
+    rounds: int = 3
 
 
 @dataclass(frozen=True)
@@ -189,11 +194,23 @@ def choose_backend(
             passing.append(r)
     if not passing:
         return None, "no artifact passed: " + "; ".join(rejected)
-    best = min(passing, key=lambda r: r.latency_ms.median)  # type: ignore[union-attr]
-    others = [f"{r.name} {r.latency_ms.median:.3f} ms" for r in passing if r is not best]  # type: ignore[union-attr]
-    reason = f"{best.name} has the lowest median latency ({best.latency_ms.median:.3f} ms) among verified artifacts"  # type: ignore[union-attr]
+    def ms(r: BackendResult) -> float:
+        return decision_ms(r.round_medians_ms, r.latency_ms.median)  # type: ignore[union-attr]
+
+    passing.sort(key=ms)
+    best = passing[0]
+    others = [f"{r.name} {ms(r):.3f} ms" for r in passing[1:]]
+    k = len(best.round_medians_ms)
+    reason = (f"{best.name} has the lowest median latency ({ms(best):.3f} ms"
+              + (f", median of {k} interleaved rounds" if k > 1 else "") + ") among verified artifacts")
     if others:
         reason += " (vs " + ", ".join(others) + ")"
+    if len(passing) > 1:
+        second = passing[1]
+        won, n = rounds_faster(second.round_medians_ms, best.round_medians_ms)
+        if n > 1 and won > 0:  # the runner-up was faster in some interleaved round: a tie within noise
+            reason += (f"; {second.name} was faster in {won} of {n} interleaved rounds "
+                       f"({100 * (ms(second) / ms(best) - 1):+.1f}%): a tie within this device's noise")
     if rejected:
         reason += "; rejected: " + "; ".join(rejected)
     return best.name, reason
@@ -204,7 +221,10 @@ def run_bundle(
 ) -> dict[str, JobResult]:
     write_manifest(bundle_dir, jobs)
     executor = executor_for(device)
-    log(f"benchmarking {len(jobs)} artifact(s) on device '{device.name}' ...")
+    n = len({rounds.base_id(j.id) for j in jobs})
+    k = len(jobs) // max(n, 1)
+    log(f"benchmarking {n} artifact(s) on device '{device.name}'" + (f" in {k} interleaved rounds" if k > 1 else "")
+        + " ...")
     results = executor.run_bundle(bundle_dir, timeout_s=timeout_s)
     return {r.id: r for r in results}
 
@@ -294,9 +314,11 @@ def compile_model(
     can_run = device.kind != "local" or target.is_native
     run_results: dict[str, JobResult] = {}
     bench_error: str | None = None
+    round_medians: dict[str, list[float]] = {}
     if jobs and can_run:
         try:
-            run_results = run_bundle(device, bundle_dir, jobs, s.timeout_s, log)
+            run_results, round_medians = rounds.merge(
+                run_bundle(device, bundle_dir, rounds.expand(jobs, s.rounds), s.timeout_s, log))
         except EdgepruneError as exc:
             bench_error = str(exc)
             log(f"benchmark failed: {exc}")
@@ -330,6 +352,7 @@ def compile_model(
                 br.latency_ms = LatencyStats.from_times(jr.times_ms)
                 br.runs = len(jr.times_ms)
                 br.times_ms = jr.times_ms
+                br.round_medians_ms = round_medians.get(name, [])
                 br.verified = jr.verified
                 br.max_abs_diff = jr.max_abs_diff
                 br.accuracy = jr.accuracy

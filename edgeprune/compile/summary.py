@@ -35,6 +35,7 @@ class BackendResult:
     precision: str = "fp32"  # "int8" for artifacts of the quantized model (--quantize int8)
     times_ms: list[float] = field(default_factory=list, repr=False)
     env: dict[str, Any] = field(default_factory=dict, repr=False)
+    round_medians_ms: list[float] = field(default_factory=list)  # one per interleaved round (edgeprune.bench.rounds)
 
     @property
     def ok(self) -> bool:

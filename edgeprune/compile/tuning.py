@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
@@ -59,9 +60,6 @@ META_FILE = "edgeprune-tuning.json"
 #: schedule (measured: one ResNet-18 candidate held the session idle-but-one-core for 5+ min)
 BUILDER_TIMEOUT_S = 180.0
 DEFAULT_TRIALS_PER_ITER = 64
-#: ~seconds per trial on the 2-core host (search + build + run, builder worker kept alive);
-#: only for the up-front time estimate
-SECONDS_PER_TRIAL_ESTIMATE = 3.0
 #: ~seconds per batch (evolutionary search of one kernel + building and timing its candidates)
 #: on the busy 2-core host, until a database has its own history
 SECONDS_PER_BATCH_ESTIMATE = 110.0
@@ -802,7 +800,8 @@ def tune_model(
                             f"(budget {settings.trials}): nothing to tune; raise --trials to tune further")
         return report
 
-    est = remaining * SECONDS_PER_TRIAL_ESTIMATE if settings.trials is not None else None
+    # the up-front estimate uses this database's own history (seconds per batch), not a constant
+    est = (math.ceil(remaining / per_iter) * seconds_per_batch(db)) if settings.trials is not None else None
     if settings.time_budget_s is not None:
         est = min(est, settings.time_budget_s) if est is not None else settings.time_budget_s
     log(f"tuning {len(selected)} of {len(infos)} kernels of {name} for {target.name}: "

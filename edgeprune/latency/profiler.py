@@ -80,6 +80,10 @@ class ProfileSettings:
     timeout_s: float = 1800.0
     seed: int = 0
     keep_bundles: Path | None = None  # keep bundle dirs here (debugging); default: temp, removed
+    #: how drift is removed: "bundle" (x table reference / the bundle's reference, the median
+    #: of its REFERENCE_PER_ROUND x rounds series), "local" (each round x table reference /
+    #: the reference timed next to it) or "none"
+    drift: str = "bundle"
 
 
 class ProgressSink:
@@ -117,6 +121,8 @@ class Timing:
     env: dict[str, Any] = field(default_factory=dict)
     runtime_version: str | None = None
     ref_ms: float | None = None  # the reference job, measured interleaved in the same bundle
+    #: per round, the reference timed right before and after this point's series (their mean)
+    ref_rounds: list[float | None] = field(default_factory=list)
 
     @property
     def ms(self) -> float:
@@ -128,6 +134,11 @@ class Timing:
 #: around it, so dividing by it removes slow drift between bundles and between runs.
 REFERENCE_LAYER = PrunableLayer("reference", "conv", 64, 64, kernel=(3, 3), padding=(1, 1), input_hw=(28, 28))
 REFERENCE_KEY = "__reference__"
+#: reference series per round, spread evenly through it (first and last job included): the
+#: bundle's reference is the median of rounds x this many short series, so one series
+#: caught in a slow moment cannot rescale a whole bundle, and every point has a reference
+#: timed within a few jobs of it (``Timing.ref_rounds``)
+REFERENCE_PER_ROUND = 4
 
 
 def reference_job() -> Job:
@@ -197,7 +208,7 @@ class BundleMeasurer:
         if cur:
             chunks.append(cur)
         ref = reference_job() if reference else None
-        self.progress.phase(description, (len(jobs) + (len(chunks) if ref else 0)) * rounds)
+        self.progress.phase(description, (len(jobs) + (len(chunks) * REFERENCE_PER_ROUND if ref else 0)) * rounds)
         t0, done = time.perf_counter(), 0
         for ci, chunk in enumerate(chunks):
             if ci:  # a plain-text progress line as well (logs, CI, remote shells)
@@ -251,17 +262,30 @@ class BundleMeasurer:
             rng = random.Random(f"{self.settings.seed}:{self.bundles_run}")
             keys = list(built)
             index = {k: i for i, k in enumerate(keys)}
+            points = [k for k in keys if k != REFERENCE_KEY]
+            has_ref = REFERENCE_KEY in built and bool(points)
             bench_jobs: list[BenchJob] = []
+
+            def add(k: str, job_id: str, runs: int, secs: float) -> None:
+                art, opts, inp = built[k]
+                bench_jobs.append(BenchJob(
+                    id=job_id, backend=self.backend.name, artifact=art, inputs=inp, threads=self.threads,
+                    options=opts, warmup=s.warmup, min_runs=runs, min_time_s=secs, max_time_s=s.max_time_s,
+                ))
+
             for r in range(rounds):
-                order = keys[:]
+                order = points[:]
                 rng.shuffle(order)  # interleave: a load burst hits many points a little
-                for k in order:
-                    art, opts, inp = built[k]
-                    bench_jobs.append(BenchJob(
-                        id=f"{index[k]}.r{r}", backend=self.backend.name, artifact=art, inputs=inp,
-                        threads=self.threads, options=opts, warmup=s.warmup, min_runs=min_runs,
-                        min_time_s=min_time_s, max_time_s=s.max_time_s,
-                    ))
+                slots = sorted({round(i * len(order) / (REFERENCE_PER_ROUND - 1))
+                                for i in range(REFERENCE_PER_ROUND)}) if has_ref else []
+                for pos in range(len(order) + 1):
+                    if pos in slots:
+                        add(REFERENCE_KEY, f"{index[REFERENCE_KEY]}.r{r}.{slots.index(pos)}",  # a short series
+                            min(min_runs, s.min_runs), min(min_time_s, s.min_time_s))
+                    if pos < len(order):
+                        add(order[pos], f"{index[order[pos]]}.r{r}", min_runs, min_time_s)
+                if not points and REFERENCE_KEY in built:  # only the reference was asked for
+                    add(REFERENCE_KEY, f"{index[REFERENCE_KEY]}.r{r}", min_runs, min_time_s)
             if not bench_jobs:
                 return {}, errors
             write_manifest(bundle, bench_jobs)
@@ -275,6 +299,7 @@ class BundleMeasurer:
         for r in results:
             idx = int(r.id.split(".r")[0])
             per_key.setdefault(keys[idx], []).append(r)
+        local_ref = self._local_references(bench_jobs, results, keys)
         timings: dict[str, Timing] = {}
         ratios = []
         by_job = {j.key: j for j in chunk}
@@ -285,7 +310,8 @@ class BundleMeasurer:
                 continue
             meds = [float(statistics.median(r.times_ms)) for r in good]
             timings[k] = Timing(rounds=meds, runs=sum(len(r.times_ms) for r in good), env=good[0].env,
-                                runtime_version=good[0].runtime_version)
+                                runtime_version=good[0].runtime_version,
+                                ref_rounds=[local_ref.get(r.id) for r in good])
             self.last_env = good[0].env or self.last_env
             self.runtime_version = good[0].runtime_version or self.runtime_version
             self.device_seconds += sum(sum(r.times_ms) for r in good) / 1e3
@@ -294,6 +320,33 @@ class BundleMeasurer:
         if ratios:  # better cost estimates for the next chunks
             self._ms_per_mac = float(statistics.median(ratios))
         return timings, errors
+
+    @staticmethod
+    def _local_references(bench_jobs: list[BenchJob], results: list[JobResult], keys: list[str]
+                          ) -> dict[str, float]:
+        """Job id -> mean of the reference series timed nearest before and after it (in
+        manifest order, which is the order the runner times them)."""
+        ok = {r.id: float(statistics.median(r.times_ms)) for r in results if r.ok and r.times_ms}
+        is_ref = [keys[int(j.id.split(".r")[0])] == REFERENCE_KEY for j in bench_jobs]
+        if not any(is_ref):
+            return {}
+        ids = [j.id for j in bench_jobs]
+        out: dict[str, float] = {}
+        last: float | None = None
+        before: list[float | None] = []
+        for jid, ref in zip(ids, is_ref):
+            if ref:
+                last = ok.get(jid, last)
+            before.append(last)
+        nxt: float | None = None
+        for i in range(len(ids) - 1, -1, -1):
+            if is_ref[i]:
+                nxt = ok.get(ids[i], nxt)
+                continue
+            near = [v for v in (before[i], nxt) if v is not None]
+            if near:
+                out[ids[i]] = sum(near) / len(near)
+        return out
 
     def _run_with_progress(self, bundle: Path, n_jobs: int) -> list[JobResult]:
         """Run the bundle; while it runs, count finished jobs in results.jsonl (local
@@ -509,6 +562,16 @@ def profile_model(
             state["ref"] = tm.ref_ms  # the first reference of this table defines its unit
         return state["ref"] / tm.ref_ms
 
+    def in_unit(tm: Timing) -> tuple[list[float], float]:
+        """(rounds in the table's unit, the bundle's scale). ``drift="local"`` rescales each
+        round by the reference timed next to it; ``bundle`` by the bundle's reference."""
+        f = scale_of(tm)
+        if settings.drift == "none":
+            return list(tm.rounds), 1.0
+        if settings.drift == "local" and state["ref"] and len(tm.ref_rounds) == len(tm.rounds):
+            return [r * (state["ref"] / lr if lr else f) for r, lr in zip(tm.rounds, tm.ref_rounds)], f
+        return [r * f for r in tm.rounds], f
+
     def save(new: Mapping[str, LatencyEntry], models: Mapping[str, dict[str, Any]] | None = None) -> TableFile:
         if measurer.last_env:
             state["env"] = {k: v for k, v in measurer.last_env.items() if k != "timing"}
@@ -547,8 +610,7 @@ def profile_model(
         def on_chunk(timings: dict[str, Timing]) -> None:
             new = {}
             for k, tm in timings.items():
-                f = scale_of(tm)
-                rounds = [r * f for r in tm.rounds]
+                rounds, f = in_unit(tm)
                 old = entries.get(k)
                 e = old.merged(rounds, tm.runs, f) if (old is not None and remeasure) else \
                     LatencyEntry.from_rounds(rounds, tm.runs, f)
@@ -588,8 +650,8 @@ def profile_model(
             raise BenchError(f"cannot measure {model.name} end to end: {errs.get('full', 'no result')}")
 
         def entry(tm: Timing) -> LatencyEntry:
-            f = scale_of(tm)
-            return LatencyEntry.from_rounds([r * f for r in tm.rounds], tm.runs, f)
+            rounds, f = in_unit(tm)
+            return LatencyEntry.from_rounds(rounds, tm.runs, f)
 
         meas = ModelMeasurements(
             fingerprint=fp, name=model.spec, full=entry(timings["full"]),
@@ -617,11 +679,15 @@ def profile_model(
 class ValidationReport:
     """Predicted vs measured latency of random pruned variants.
 
-    ``stats`` compare predictions with measurements in the table's reference unit (each
-    bundle's reference job removes the machine's drift since profiling: the figure that
-    describes the predictor). ``raw_stats`` compare with the raw measured times, which
-    on a shared machine also contain that drift (``drift``: how much faster or slower
-    the machine is now than when the model was profiled)."""
+    The unpruned model is measured in the same rounds as the variants (interleaved), and
+    ``stats`` compare predictions with measurements rescaled to the profiling session by
+    it: ``measured x (full model at profiling / full model now)``, i.e. the error of the
+    predicted *latency relative to the unpruned model*, which is what pruning budgets use
+    (``--budget 0.5`` = half the unpruned latency). This removes the machine's drift
+    between profiling and validation with a reference that is the same kind of work, run
+    as long, as the variants. ``unit_stats`` use the bundle's small reference layer
+    instead, and ``raw_stats`` the raw times, which on a shared machine also contain the
+    drift (``drift``: how much faster or slower the full model runs now than at profiling)."""
 
     model: str
     backend: str
@@ -631,19 +697,22 @@ class ValidationReport:
     stats: dict[str, float]
     raw_stats: dict[str, float]
     flops_stats: dict[str, float]
+    unit_stats: dict[str, float]
     full_ms_profile: float
     full_ms_now: float | None
     drift: float | None
     seconds: float
     busy_cpus: float | None = None  # CPUs other processes kept busy when validation started (local)
+    full_rounds_ms: list[float] = field(default_factory=list)  # the unpruned model's raw rounds (validation)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.stats,
             "variants": self.variants,
             "model": self.model, "backend": self.backend, "calibration": self.method, "widths": self.widths_mode,
-            "raw": self.raw_stats, "flops_predictor": self.flops_stats,
+            "raw": self.raw_stats, "flops_predictor": self.flops_stats, "reference_unit": self.unit_stats,
             "full_ms_at_profile": self.full_ms_profile, "full_ms_now": self.full_ms_now, "drift": self.drift,
+            "full_rounds_ms": [round(r, 4) for r in self.full_rounds_ms],
             "seconds": round(self.seconds, 2), "busy_cpus": None if self.busy_cpus is None else round(self.busy_cpus, 2),
         }
 
@@ -683,36 +752,50 @@ def validate(
     timings, errs = measurer.measure(jobs, settings.model_rounds, settings.model_min_runs, settings.model_min_time_s,
                                      description="validation variants")
     ref = result.reference_ms
+    full = timings.get("full")
+    if full is None:
+        raise BenchError(f"cannot measure {model.name} end to end: {errs.get('full', 'no result')}")
+    full_profile = pred.calibration.full_ms
 
-    def unit(tm: Timing) -> float:
+    def unit(tm: Timing) -> float:  # the bundle's reference layer -> the table's unit
         return tm.ms * (ref / tm.ref_ms if (ref and tm.ref_ms) else 1.0)
 
-    rows, pairs, raw_pairs, fpairs = [], [], [], []
+    def vs_full(tm: Timing) -> float:
+        """``tm`` rescaled to the profiling session by the full model of the same rounds:
+        the median over rounds of variant / full (both timed in that round)."""
+        if len(tm.rounds) == len(full.rounds):
+            ratio = robust_ms([v / f for v, f in zip(tm.rounds, full.rounds) if f > 0])
+        else:
+            ratio = tm.ms / full.ms
+        return ratio * full_profile
+
+    rows, pairs, raw_pairs, unit_pairs, fpairs = [], [], [], [], []
     for i, w in enumerate(configs):
         tm = timings.get(f"v{i}")
         if tm is None:
             log(f"variant {i} failed: {errs.get(f'v{i}', 'no result')}")
             continue
-        meas = unit(tm)
+        meas = vs_full(tm)
         p, pf = pred.predict(w), pred.predict_flops(w)
         pairs.append((p, meas))
         raw_pairs.append((p, tm.ms))
+        unit_pairs.append((p, unit(tm)))
         fpairs.append((pf, meas))
         rows.append({"widths": w, "measured_ms": round(meas, 4), "predicted_ms": round(p, 4),
                      "error_pct": round(100 * (p - meas) / meas, 3), "raw_measured_ms": round(tm.ms, 4),
+                     "unit_measured_ms": round(unit(tm), 4),
                      "flops_predicted_ms": round(pf, 4), "flops_error_pct": round(100 * (pf - meas) / meas, 3),
                      "macs_fraction": round(space.macs(w) / space.macs(), 4),
                      "rounds_ms": [round(r, 4) for r in tm.rounds], "reference_ms": tm.ref_ms})
     if not pairs:
         raise BenchError("no validation variant could be measured")
-    full = timings.get("full")
-    full_now = unit(full) if full else None
-    drift = full.ms / pred.calibration.full_ms if full else None
+    full_now = unit(full)
+    drift = full.ms / full_profile
     if progress:
         progress.close()
     return ValidationReport(
         model=model.spec, backend=backend, method=pred.calibration.method, widths_mode=widths_mode, variants=rows,
         stats=error_stats(pairs), raw_stats=error_stats(raw_pairs), flops_stats=error_stats(fpairs),
-        full_ms_profile=pred.calibration.full_ms, full_ms_now=full_now, drift=drift,
-        seconds=time.perf_counter() - t0, busy_cpus=load,
+        unit_stats=error_stats(unit_pairs), full_ms_profile=full_profile, full_ms_now=full_now, drift=drift,
+        seconds=time.perf_counter() - t0, busy_cpus=load, full_rounds_ms=list(full.rounds),
     )
