@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--drift", default="bundle", choices=["bundle", "local", "none"],
                     help="how table points are corrected for the machine's drift (ProfileSettings.drift)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per layer point")
+    ap.add_argument("--model-rounds", type=int, default=ProfileSettings.model_rounds,
+                    help="interleaved rounds per whole model (calibration and validation variants)")
     ap.add_argument("--cache-dir", type=Path, default=None,
                     help="reuse tables from here (default: a fresh temp dir, so profiling time is from scratch)")
     ap.add_argument("--json", type=Path, default=None)
@@ -69,7 +71,8 @@ def main() -> int:
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="edgeprune-lut-bench-"))
     store = LUTStore(cache)
     settings = ProfileSettings(grid=GridSettings(lanes=target.fp32_lanes(), density=args.density),
-                               threads=args.threads, drift=args.drift, rounds=args.rounds)
+                               threads=args.threads, drift=args.drift, rounds=args.rounds,
+                               model_rounds=args.model_rounds)
     rows, dump = [], []
     t_all = time.perf_counter()
     load_start = os.getloadavg()
@@ -85,6 +88,12 @@ def main() -> int:
                 rep = validate(model, res, target, LOCAL, backend, n=n, settings=settings, widths_mode=mode, log=log)
                 rows.append((name, backend, mode, res, rep))
                 dump.append({"model": name, "backend": backend, "profile": res.to_dict(), "validation": rep.to_dict()})
+                s = rep.stats
+                log(f"== {name} / {backend} ({mode}): LUT median {s['median_abs_pct_error']:.2f}%, "
+                    f"p95 {s['p95_abs_pct_error']:.2f}%, within 10% {100 * s['within_10pct']:.0f}%; FLOPs median "
+                    f"{rep.flops_stats['median_abs_pct_error']:.2f}%")
+                if args.json:  # after every row: a long run that fails late keeps what it measured
+                    args.json.write_text(json.dumps(dump, indent=1, default=str))
 
     load_end = os.getloadavg()
     print(f"\nhost: {target.num_cores()} cores, fp32 lanes {target.fp32_lanes()}, "

@@ -349,3 +349,16 @@ def test_every_point_is_timed_between_two_reference_series():
     assert BundleMeasurer._local_references(jobs, results, keys) == {"1.r0": 2.0, "2.r0": 2.5}
     results[2] = JobResult(id="0.r0.1", ok=False, error="crashed")  # a failed reference series is skipped
     assert BundleMeasurer._local_references(jobs, results, keys) == {"1.r0": 1.5, "2.r0": 1.5}
+
+
+def test_a_point_is_the_fast_state_of_its_rounds_and_an_unconfirmed_one_is_noisy():
+    """This host's slow state adds time to multi-threaded work (benchmarks/host_noise.py):
+    the value is the median of the rounds within 10 % of the fastest, whatever the majority saw."""
+    from edgeprune.latency.lut import LatencyEntry, robust_ms
+
+    assert robust_ms([4.0, 6.7, 6.8, 4.1, 6.6]) == pytest.approx(4.05)  # the majority was slow
+    assert robust_ms([1.0, 1.05, 1.08]) == pytest.approx(1.05)  # one state: the plain median
+    confirmed = LatencyEntry.from_rounds([0.266, 0.314, 0.27], runs=30)
+    unconfirmed = LatencyEntry.from_rounds([0.266, 0.314, 0.318], runs=30)
+    assert confirmed.spread == pytest.approx(0.004 / 0.268, rel=1e-6)
+    assert unconfirmed.spread == pytest.approx(0.048 / 0.266, rel=1e-6)  # the gap to the next round

@@ -39,7 +39,8 @@ def test_merge_keeps_first_round_checks_and_every_round_time():
     assert merged["b"].ok is False and merged["b"].error == "cannot load"  # a failed first round fails the job
 
 
-def test_decisions_use_the_median_of_round_medians():
-    assert decision_ms([1.0, 5.0, 1.2], 9.9) == 1.2  # one slow round cannot flip a choice
+def test_decisions_use_the_fast_state_of_the_round_medians():
+    assert decision_ms([1.0, 5.0, 1.2], 9.9) == 1.0  # slow rounds (> 10 % above the fastest) are left out
+    assert decision_ms([1.0, 1.05, 1.08, 1.5], 9.9) == 1.05
     assert decision_ms([], 9.9) == 9.9
     assert rounds_faster([1.0, 2.0, 1.0], [1.5, 1.5, 1.5]) == (2, 3)

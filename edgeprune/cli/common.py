@@ -66,7 +66,7 @@ def bench_options(f: Callable) -> Callable:
                   callback=_store_meta,
                   help="With several artifacts, split their timing into this many interleaved rounds (A B C, B C A, "
                        "...): they are compared in the same stretch of time, and --backend auto decides on the "
-                       "median of the round medians.")
+                       "fast state of the round medians (those within 10 %% of the fastest round).")
     @click.option("--eval-samples", type=click.IntRange(1), expose_value=False, callback=_store_meta,
                   help="Score accuracy on at most this many held-out samples (default: all; "
                        "fewer for slow or emulated devices).")

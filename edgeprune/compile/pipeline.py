@@ -202,7 +202,7 @@ def choose_backend(
     others = [f"{r.name} {ms(r):.3f} ms" for r in passing[1:]]
     k = len(best.round_medians_ms)
     reason = (f"{best.name} has the lowest median latency ({ms(best):.3f} ms"
-              + (f", median of {k} interleaved rounds" if k > 1 else "") + ") among verified artifacts")
+              + (f", fast state of {k} interleaved rounds" if k > 1 else "") + ") among verified artifacts")
     if others:
         reason += " (vs " + ", ".join(others) + ")"
     if len(passing) > 1:

@@ -28,17 +28,18 @@ def render_markdown(s: CompileSummary) -> str:
         f"- original: {s.original.params:,} params, {s.original.macs / 1e6:.1f} M MACs"
         + (f", accuracy {s.original.accuracy:.2f}% (PyTorch, held-out)" if s.original.accuracy is not None else ""),
         "",
-        "| backend | median ms | p90 ms | p99 ms | CV | runs | speedup vs ORT | roofline | parity (max diff) | accuracy | build s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+        "| backend | median ms | round medians ms | p90 ms | p99 ms | CV | runs | speedup vs ORT | roofline | parity (max diff) | accuracy | build s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for b in s.backends:
         if b.latency_ms is None:
-            lines.append(f"| {b.name} | – | – | – | – | – | – | – | {b.error or 'not run'} | – | {_fmt(b.build_seconds, '.1f')} |")
+            lines.append(f"| {b.name} | – | – | – | – | – | – | – | – | {b.error or 'not run'} | – | {_fmt(b.build_seconds, '.1f')} |")
             continue
         lat = b.latency_ms
         parity = "–" if b.verified is None else ("pass" if b.verified else "**FAIL**") + f" ({_fmt(b.max_abs_diff, '.1e')})"
         lines.append(
-            f"| {b.name} | {lat.median:.3f} | {lat.p90:.3f} | {lat.p99:.3f} | {lat.cv:.1%} | {b.runs} | "
+            f"| {b.name} | {lat.median:.3f} | {' / '.join(f'{m:.3f}' for m in b.round_medians_ms) or '–'} | "
+            f"{lat.p90:.3f} | {lat.p99:.3f} | {lat.cv:.1%} | {b.runs} | "
             f"{_fmt(b.speedup_vs_reference, '.2f', '×')} | {_fmt(None if b.roofline_fraction is None else 100 * b.roofline_fraction, '.1f', '%')} | "
             f"{parity} | {_fmt(b.accuracy, '.2f', '%')} | {_fmt(b.build_seconds, '.1f')} |"
         )

@@ -11,8 +11,9 @@ Measurement care on a noisy machine: each point is timed in ``rounds`` short ser
 and the rounds of all points in a chunk are *interleaved* (round 1 of every point in a
 random order, then round 2, ...), so a burst of load from another process hits many
 points a little instead of one point a lot. A point's latency is the median of its
-round medians (:func:`~edgeprune.latency.lut.robust_ms`); points whose rounds disagree
-are measured again (more rounds).
+fast-state round medians (:func:`~edgeprune.latency.lut.robust_ms`: why, with the
+measurements of this host); points whose fast level is unconfirmed or whose rounds
+disagree are measured again (more rounds).
 
 The profile loop is a fixpoint: ask the table what it still needs (planned points,
 then refinement of unconfirmed intervals, then noisy points), measure that, repeat. The
@@ -80,9 +81,9 @@ class ProfileSettings:
     timeout_s: float = 1800.0
     seed: int = 0
     keep_bundles: Path | None = None  # keep bundle dirs here (debugging); default: temp, removed
-    #: how drift is removed: "bundle" (x table reference / the bundle's reference, the median
-    #: of its REFERENCE_PER_ROUND x rounds series), "local" (each round x table reference /
-    #: the reference timed next to it) or "none"
+    #: how drift is removed: "bundle" (x table reference / the bundle's reference, the fast
+    #: state of its REFERENCE_PER_ROUND x rounds series), "local" (each round x table
+    #: reference / the reference timed next to it) or "none"
     drift: str = "bundle"
 
 
@@ -135,10 +136,11 @@ class Timing:
 REFERENCE_LAYER = PrunableLayer("reference", "conv", 64, 64, kernel=(3, 3), padding=(1, 1), input_hw=(28, 28))
 REFERENCE_KEY = "__reference__"
 #: reference series per round, spread evenly through it (first and last job included): the
-#: bundle's reference is the median of rounds x this many short series, so one series
+#: bundle's reference is the fast state of rounds x this many short series, so one series
 #: caught in a slow moment cannot rescale a whole bundle, and every point has a reference
 #: timed within a few jobs of it (``Timing.ref_rounds``)
 REFERENCE_PER_ROUND = 4
+DRIFT_MODES = ("bundle", "local", "none")
 
 
 def reference_job() -> Job:
@@ -536,6 +538,8 @@ def profile_model(
     measurement of :data:`REFERENCE_LAYER`, so every later bundle, run or model lands on
     the same scale."""
     t0 = time.perf_counter()
+    if settings.drift not in DRIFT_MODES:
+        raise ConfigError(f"unknown drift correction '{settings.drift}'; choose {', '.join(DRIFT_MODES)}")
     store = store or LUTStore()
     space = space if space is not None else space_of(model)
     threads = settings.threads or target.num_cores()
@@ -761,13 +765,9 @@ def validate(
         return tm.ms * (ref / tm.ref_ms if (ref and tm.ref_ms) else 1.0)
 
     def vs_full(tm: Timing) -> float:
-        """``tm`` rescaled to the profiling session by the full model of the same rounds:
-        the median over rounds of variant / full (both timed in that round)."""
-        if len(tm.rounds) == len(full.rounds):
-            ratio = robust_ms([v / f for v, f in zip(tm.rounds, full.rounds) if f > 0])
-        else:
-            ratio = tm.ms / full.ms
-        return ratio * full_profile
+        """``tm`` rescaled to the profiling session by the full model timed in the same
+        interleaved rounds (both estimated with :func:`robust_ms`)."""
+        return tm.ms / full.ms * full_profile
 
     rows, pairs, raw_pairs, unit_pairs, fpairs = [], [], [], [], []
     for i, w in enumerate(configs):
