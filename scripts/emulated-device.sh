@@ -335,7 +335,8 @@ start() {
     in_root /usr/sbin/sshd -t -f "$SSHD_CONFIG" || die "sshd configuration rejected"
     in_root /usr/sbin/sshd -f "$SSHD_CONFIG" -E /var/log/sshd-edgeprune.log
     local i
-    for i in $(seq 1 60); do
+    # sshd runs under qemu user emulation: on a busy host it can take tens of seconds to listen
+    for i in $(seq 1 180); do
       if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
       sleep 0.5
     done
