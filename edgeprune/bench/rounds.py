@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+from collections.abc import Iterable
 
 from edgeprune.bench.bundle import BenchJob, JobResult
 
@@ -76,7 +77,16 @@ def merge(results: dict[str, JobResult]) -> tuple[dict[str, JobResult], dict[str
 FAST_STATE_TOL = 0.10
 
 
-def fast_state_ms(round_medians: list[float], tol: float = FAST_STATE_TOL) -> float:
+def fast_rounds(round_medians: Iterable[float], tol: float = FAST_STATE_TOL) -> list[float]:
+    """The rounds in the fastest state seen: within ``tol`` of the fastest round."""
+    rs = [float(r) for r in round_medians]
+    if not rs:
+        raise ValueError("no rounds")
+    lo = min(rs)
+    return [r for r in rs if r <= lo * (1 + tol)]
+
+
+def fast_state_ms(round_medians: Iterable[float], tol: float = FAST_STATE_TOL) -> float:
     """The median of the rounds within ``tol`` of the fastest one.
 
     Why not the median of all rounds: on a device that switches into a slow state now and
@@ -86,10 +96,7 @@ def fast_state_ms(round_medians: list[float], tol: float = FAST_STATE_TOL) -> fl
     interleaved rounds both get chances at the fast state, which is what a dedicated
     device always runs in. The latency tables use the same rule (``latency.lut.robust_ms``).
     """
-    if not round_medians:
-        raise ValueError("no rounds")
-    lo = min(round_medians)
-    return float(statistics.median([r for r in round_medians if r <= lo * (1 + tol)]))
+    return float(statistics.median(fast_rounds(round_medians, tol)))
 
 
 def decision_ms(round_medians: list[float], fallback: float) -> float:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeprune.bench.rounds import FAST_STATE_TOL, fast_state_ms
+from edgeprune.bench.rounds import FAST_STATE_TOL, fast_rounds, fast_state_ms
 from edgeprune.latency.grid import GridSettings, Staircase, check_points, coarse_values, initial_points
 from edgeprune.prune.space import PrunableLayer, PruneSpace
 
@@ -42,15 +42,6 @@ REMEASURE_ROUNDS = 3
 
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def fast_rounds(rounds: Iterable[float]) -> list[float]:
-    """The rounds in the fastest state seen: within FAST_STATE_TOL of the fastest round."""
-    rs = [float(r) for r in rounds]
-    if not rs:
-        raise ValueError("no rounds")
-    lo = min(rs)
-    return [r for r in rs if r <= lo * (1 + FAST_STATE_TOL)]
 
 
 def robust_ms(rounds: Iterable[float]) -> float:
@@ -72,7 +63,7 @@ def robust_ms(rounds: Iterable[float]) -> float:
     FAST_STATE_TOL of the fastest are that state (its own noise is a few %); their median,
     not the minimum alone, is stored, so one lucky round does not set the value.
     """
-    return fast_state_ms(list(rounds))
+    return fast_state_ms(rounds)
 
 
 @dataclass
