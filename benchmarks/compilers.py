@@ -38,7 +38,7 @@ import numpy as np
 
 from edgeprune.bench.bundle import BenchJob
 from edgeprune.bench.io import save_arrays, save_eval
-from edgeprune.bench.rounds import fast_state_ms, rounds_faster
+from edgeprune.bench.rounds import SEP, fast_state_ms, merge, rounds_faster
 from edgeprune.bench.stats import LatencyStats
 from edgeprune.compile.analysis import graph_cost
 from edgeprune.compile.backends import get_backend
@@ -149,29 +149,21 @@ def results_of(round_results: dict, arts: dict, errors: dict, first: dict | None
         else:
             br.latency_ms = LatencyStats.from_times(jr.times_ms)
             br.runs = len(jr.times_ms)
-            br.times_ms = list(jr.times_ms)
             src = first.get(n) if first else jr  # parity and accuracy come from round 1
             br.verified, br.max_abs_diff, br.accuracy = src.verified, src.max_abs_diff, src.accuracy
         rows.append(br)
     return rows
 
 
-def decision_results(tables: list[list[BackendResult]], names: list[str]) -> dict[str, BackendResult]:
-    """One BackendResult per name from the decision rounds: every round's times, the
-    round medians, parity and accuracy from round 1 (what `compile --rounds k` sees)."""
-    out = {}
-    for n in names:
-        rows = [next(b for b in t if b.name == n) for t in tables]
-        first = rows[0]
-        if not first.ok:
-            out[n] = first
-            continue
-        good = [b for b in rows if b.ok]
-        br = BackendResult(name=n, artifact=first.artifact, precision=first.precision, verified=first.verified,
-                           max_abs_diff=first.max_abs_diff, tolerance=first.tolerance, accuracy=first.accuracy,
-                           latency_ms=LatencyStats.from_times([t for b in good for t in b.times_ms]),
-                           round_medians_ms=[b.latency_ms.median for b in good])  # type: ignore[union-attr]
-        out[n] = br
+def decision_results(per_round: list[dict], arts: dict, errors: dict) -> dict[str, BackendResult]:
+    """One BackendResult per variant from the decision rounds, folded exactly as `compile
+    --rounds k` folds its interleaved rounds (``bench.rounds.merge``): every round's times,
+    the round medians, parity and accuracy from round 1."""
+    joined = {(n if i == 0 else f"{n}{SEP}{i + 1}"): jr for i, rr in enumerate(per_round) for n, jr in rr.items()}
+    merged, medians = merge(joined)
+    out = {b.name: b for b in results_of(merged, arts, errors)}
+    for b in out.values():
+        b.round_medians_ms = medians.get(b.name, []) if b.ok else []
     return out
 
 
@@ -250,7 +242,7 @@ def bench_model(name: str, args, target: Target, root: Path) -> dict[str, Any]:
     # auto decides on the first --decide-rounds rounds, over what compile would build (untuned TVM is not an
     # option once tuned), exactly as `compile` does with its interleaved rounds; the later rounds are held out
     k = max(1, min(args.decide_rounds, len(tables) - 1 if len(tables) > 1 else 1))
-    decide = decision_results(tables[:k], AUTO_CANDIDATES + INT8)
+    decide = decision_results(per_round[:k], arts, errors)
     fp32_choice, fp32_reason = choose_backend([decide[n] for n in AUTO_CANDIDATES], ref_acc, 1.0)
     all_choice, all_reason = choose_backend([decide[n] for n in AUTO_CANDIDATES + INT8], ref_acc, 1.0)
     checks = held_out_checks(tables, k, fp32_choice)
