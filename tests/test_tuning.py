@@ -324,3 +324,18 @@ def test_ctrl_c_stops_tuning_cleanly_and_keeps_the_records(tuning_dir, tmp_path)
     report = json.loads(out.strip().splitlines()[-1])
     assert report["stopped_by"] == "interrupted" and 0 < report["trials_run"] < 400
     assert "Ctrl-C" in err and TuningDatabase.for_target(get_target("host")).record_count() >= 1
+
+
+def test_focus_picks_the_kernels_that_lag_the_models_best_flop_rate():
+    # conv_a and conv_b run at 200 MFLOP/ms; the stem has as many FLOPs but takes 1.5x as long
+    infos = [tuning.TaskInfo("conv_a", 2, 2e8, best_us=1000.0), tuning.TaskInfo("conv_b", 1, 2e8, best_us=1000.0),
+             tuning.TaskInfo("stem", 1, 2e8, best_us=1500.0), tuning.TaskInfo("reshape", 1, None, best_us=1.0),
+             tuning.TaskInfo("tiny", 1, 1e5, best_us=50.0), tuning.TaskInfo("new", 1, 1e7)]
+    lags = tuning.kernel_lag_us(infos)
+    assert lags[0] == lags[1] == 0.0 and lags[2] == pytest.approx(500.0)
+    assert lags[3] is None and lags[4] == pytest.approx(49.5) and lags[5] == float("inf")
+    kept, skipped = tuning.focus_kernels(list(range(6)), infos, 2)
+    assert [infos[i].name for i in kept] == ["stem", "new"] and len(skipped) == 4
+    rep = tuning.TuneReport("m", "host", "db", infos, None, None)
+    tuning._set_lag(infos)
+    assert rep.to_dict()["tasks"][5]["lag_us"] is None  # strict JSON, no Infinity

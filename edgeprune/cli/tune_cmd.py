@@ -39,10 +39,13 @@ def print_report(report, as_json: bool) -> None:
     rows = []
     for t in report.tasks:
         trials = f"{t.trials_before} -> {t.trials_after}" if t.trials_after != t.trials_before else str(t.trials_after)
+        rate = t.flop / t.best_us / 1e3 if t.flop and t.best_us else None
+        lag = None if t.lag_us is None else ("untuned" if t.lag_us == float("inf") else f"{t.lag_us:.0f}")
         rows.append([t.name, t.weight, f"{t.flop / 1e6:.2f}" if t.flop else None, trials,
-                     f"{t.best_us:.1f}" if t.best_us is not None else None])
+                     f"{t.best_us:.1f}" if t.best_us is not None else None,
+                     f"{rate:.1f}" if rate is not None else None, lag])
     table(f"{report.model} on {report.target}: {len(report.tasks)} kernels", ["kernel", "calls", "MFLOP", "trials",
-          "best us"], rows, right={1, 2, 3, 4})
+          "best us", "GFLOP/s", "lag us"], rows, right={1, 2, 3, 4, 5, 6})
     if report.stopped_by not in ("status", "already-tuned"):
         out.print(f"tuned {report.trials_run} trials in {format_minutes(report.seconds)} "
                   f"(stopped by {report.stopped_by}, measured {report.measured_on}); "
@@ -52,6 +55,10 @@ def print_report(report, as_json: bool) -> None:
         before = f"{est_b:.3f} ms -> " if est_b is not None and est_b != est_a else ""
         out.print(f"MetaSchedule's estimate of one inference (sum of best kernel times): {before}{est_a:.3f} ms",
                   highlight=False)
+    lags = [t.lag_us for t in report.tasks if t.lag_us is not None and t.lag_us != float("inf")]
+    if lags and sum(lags) > 0:
+        out.print(f"lag: {sum(lags) / 1e3:.3f} ms per inference above the model's best kernel FLOP rate "
+                  "(--focus K tunes the K kernels with the most)", highlight=False)
     untuned = [t.name for t in report.tasks if t.trials_after == 0]
     if untuned:
         out.print(f"{len(untuned)} kernel(s) have no records yet (they build untuned): raise --trials", highlight=False)
@@ -73,6 +80,9 @@ def print_report(report, as_json: bool) -> None:
 @click.option("--time-budget", "time_budget", type=Duration(), metavar="30m",
               help="Stop this session after about this long (checked after every measured batch).")
 @click.option("--trials-per-task", type=click.IntRange(1), metavar="N", help="Cap per kernel (default: none).")
+@click.option("--focus", type=click.IntRange(1), metavar="K",
+              help="Tune only the K kernels with the most lag: time per inference above the model's best kernel "
+                   "FLOP rate (the 'lag us' column of --status). For later sessions, once every kernel has records.")
 @click.option("--device", "-d", "device_name", default="local", show_default=True,
               help="Device to measure on: local (this host's own targets), or an SSH device: a TVM RPC server "
                    "is started on the board and reached through the SSH session (the board needs apache-tvm).")
@@ -90,7 +100,7 @@ def print_report(report, as_json: bool) -> None:
 @ssh_options
 @click.option("--verbose", is_flag=True, help="Show MetaSchedule's own progress tables.")
 def tune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, trials, time_budget, trials_per_task,
-             device_name, devices_file, rpc_tracker, rpc_key, threads, db_dir, status, out_dir, as_json,
+             focus, device_name, devices_file, rpc_tracker, rpc_key, threads, db_dir, status, out_dir, as_json,
              verbose) -> None:
     """Tune a model's TVM kernels for a target with MetaSchedule; compile reuses the records.
 
@@ -101,6 +111,7 @@ def tune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, 
     Examples:
       edgeprune tune --model zoo:digits-cnn --target host --trials 300
       edgeprune tune --model zoo:resnet18 --target host --time-budget 2h
+      edgeprune tune --model zoo:resnet18 --target host --time-budget 30m --focus 6   # the lagging kernels
       edgeprune tune --model zoo:resnet18 --target rpi4 --device pi-lab-1      # SSH device
       edgeprune tune --model zoo:resnet18 --target rpi4 --rpc-tracker 10.0.0.2:9190 --rpc-key rpi4
     """
@@ -125,7 +136,7 @@ def tune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, 
     out_dir = out_dir or Path("out") / f"{Path(stem).name}-{target.name}-tune"
     exp = export_onnx(model, out_dir / "model.onnx")
     settings = TuneSettings(trials=trials, time_budget_s=time_budget, trials_per_task=trials_per_task,
-                            threads=threads, rpc=rpc, verbose=verbose)
+                            focus=focus, threads=threads, rpc=rpc, verbose=verbose)
     db = TuningDatabase(db_dir) if db_dir else TuningDatabase.for_target(target)
     if over_ssh and device.emulated and not db_dir:
         # timings under emulation are meaningless: keep such records away from real builds

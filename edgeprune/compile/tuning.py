@@ -330,6 +330,8 @@ class TuneSettings:
     rpc: RpcSettings | None = None
     seed: int | None = 0
     verbose: bool = False  # show MetaSchedule's own tables and cost-model logs
+    #: tune only the ``focus`` kernels with the most lag (see :func:`kernel_lag_us`); None: all
+    focus: int | None = None
 
 
 @dataclass
@@ -343,6 +345,7 @@ class TaskInfo:
     trials_after: int = 0
     best_us: float | None = None  # best measured latency of one call
     tuned_now: bool = False
+    lag_us: float | None = None  # time per inference above the model's best FLOP rate (kernel_lag_us)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -373,6 +376,9 @@ class TuneReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["trials_total"] = self.trials_total
+        for t in d["tasks"]:  # strict JSON has no Infinity: an untuned kernel's lag is null (trials_after 0 says why)
+            if t["lag_us"] is not None and not math.isfinite(t["lag_us"]):
+                t["lag_us"] = None
         return d
 
 
@@ -401,6 +407,52 @@ def _estimate_ms(infos: list[TaskInfo]) -> float | None:
     if not infos or any(t.best_us is None for t in infos):
         return None
     return sum(t.weight * t.best_us for t in infos) / 1e3  # type: ignore[operator]
+
+
+#: kernels below this share of the model's largest kernel's FLOPs do not set the reference
+#: rate: a tiny kernel's rate is dominated by its fixed cost and would flatter or shame the rest
+LAG_REFERENCE_MIN_SHARE = 0.1
+
+
+def kernel_lag_us(infos: list[TaskInfo]) -> list[float | None]:
+    """Per kernel, the time per inference (us, x calls) it loses against the model's best
+    tuned FLOP rate: ``calls x (best_us - flop / best_rate)``, floored at 0.
+
+    Why: after a few thousand trials most of a model's big kernels reach about the same
+    GFLOP/s, and the ones that did not (ResNet-18 here: the 7x7 stem, the stride-2 and
+    512-channel convs) are where more trials can still win time. MetaSchedule's gradient
+    scheduler looks at recent improvement, not at this headroom, so ``tune --focus K``
+    spends a session on the K kernels with the most lag. Kernels without records get
+    ``inf`` (they run untuned schedules, the worst lag of all); kernels without a FLOP
+    estimate get None (not ranked).
+    """
+    rated = [(t.flop, t.best_us) for t in infos if t.flop and t.best_us]
+    top = max((f for f, _ in rated), default=0.0)
+    rates = [f / us for f, us in rated if f >= LAG_REFERENCE_MIN_SHARE * top]
+    best_rate = max(rates, default=None)
+    out: list[float | None] = []
+    for t in infos:
+        if not t.flop:
+            out.append(None)
+        elif t.best_us is None:
+            out.append(math.inf)
+        elif best_rate is None:
+            out.append(None)
+        else:
+            out.append(t.weight * max(0.0, t.best_us - t.flop / best_rate))
+    return out
+
+
+def _set_lag(infos: list[TaskInfo]) -> None:
+    for info, lag in zip(infos, kernel_lag_us(infos)):
+        info.lag_us = lag
+
+
+def focus_kernels(selected: list[int], infos: list[TaskInfo], k: int) -> tuple[list[int], list[int]]:
+    """(kept, skipped): the ``k`` kernels of ``selected`` with the most lag (unranked last)."""
+    lags = kernel_lag_us(infos)
+    ranked = sorted(selected, key=lambda i: -(lags[i] if lags[i] is not None else -1.0))
+    return sorted(ranked[:k]), sorted(ranked[k:])
 
 
 def check_measurable(target: "Target", rpc: RpcSettings | None) -> str:
@@ -773,6 +825,7 @@ def tune_model(
     tasks = [t for t in tasks if not t.mod.attrs.get("tirx.is_scheduled", False)]
     database = db.open()
     infos = _task_infos(tasks, _task_stats(database, tasks))
+    _set_lag(infos)
     report = TuneReport(model=name, target=target.name, database=str(db.path), tasks=infos,
                         trials_requested=settings.trials, time_budget_s=settings.time_budget_s,
                         measured_on=measured_on)
@@ -784,6 +837,16 @@ def tune_model(
 
     remaining, per_task, per_iter, selected = _trial_plan(settings, infos)
     existing = sum(t.trials_before for t in infos)
+    if settings.focus and selected:
+        selected, rest = focus_kernels(selected, infos, settings.focus)
+        if rest:
+            lost = sum(infos[i].lag_us or 0.0 for i in selected)
+            report.notes.append(
+                f"--focus {settings.focus}: tuning the kernels with the most lag against the model's best FLOP rate ("
+                + ", ".join(infos[i].name for i in selected)
+                + (f"; {lost / 1e3:.2f} ms per inference between them" if math.isfinite(lost) else "")
+                + f"); {len(rest)} other kernel(s) keep their records")
+            log(f"note: {report.notes[-1]}")
     if settings.time_budget_s is not None and selected:
         selected, skipped = fit_first_round(selected, infos, settings.time_budget_s, seconds_per_batch(db))
         if skipped:
@@ -877,6 +940,7 @@ def tune_model(
         info.tuned_now = n > info.trials_before
         info.trials_after = n
         info.best_us = None if best is None else best * 1e6
+    _set_lag(infos)
     report.trials_run = state.trials
     report.seconds = time.monotonic() - t_start
     report.estimated_ms_after = _estimate_ms(infos)
@@ -908,6 +972,7 @@ def format_minutes(seconds: float) -> str:
 
 __all__ = [
     "AppliedRecords", "RpcSettings", "TaskInfo", "TuneReport", "TuneSettings", "TuningDatabase", "TuningError",
-    "apply_records", "check_measurable", "count_scheduled", "format_minutes", "lower_for_tuning", "parse_duration",
+    "apply_records", "check_measurable", "count_scheduled", "focus_kernels", "format_minutes", "kernel_lag_us",
+    "lower_for_tuning", "parse_duration",
     "records_for", "target_key", "tune_model", "tuning_root",
 ]
