@@ -30,9 +30,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
+# as in the runner's workers: BLAS threads sleep at once after a product, so the steady-gate
+# probe measures waking the other core (what the slow state makes dearer) and leaves no
+# thread spinning behind it (before numpy loads OpenBLAS)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from edgeprune.bench.runner import gate_probe_ms
 from edgeprune.compile.export import export_onnx
 from edgeprune.latency.layers import write_layer_onnx
 from edgeprune.latency.profiler import REFERENCE_LAYER
@@ -74,7 +80,8 @@ def main() -> int:
     mnv2, conv2, conv1 = session(work / "mnv2.onnx", 2), session(work / "conv.onnx", 2), session(work / "conv.onnx", 1)
     cpus = sorted(os.sched_getaffinity(0))
     pin = cpus[:2] if len(cpus) >= 2 else cpus * 2
-    print(f"CPUs {cpus}; columns: mobilenetv2 2 threads, conv 2 threads, conv 1 thread on CPU {pin[0]} / {pin[1]} (ms)")
+    print(f"CPUs {cpus}; columns: mobilenetv2 2 threads, conv 2 threads, conv 1 thread on CPU {pin[0]} / {pin[1]}, "
+          "steady-gate probe (ms)")
     rows, t0 = [], time.time()
     while time.time() - t0 < args.seconds:
         os.sched_setaffinity(0, set(cpus))
@@ -84,12 +91,14 @@ def main() -> int:
         os.sched_setaffinity(0, {pin[1]})
         c1 = series(conv1)
         os.sched_setaffinity(0, set(cpus))
-        rows.append((a, b, c0, c1))
-        print(f"{time.time() - t0:6.1f}s  {a:7.3f}  {b:6.3f}  {c0:6.3f}  {c1:6.3f}", flush=True)
+        g = gate_probe_ms(np)  # the runner's steady-gate probe (numpy BLAS, all cores)
+        time.sleep(0.12)
+        rows.append((a, b, c0, c1, g))
+        print(f"{time.time() - t0:6.1f}s  {a:7.3f}  {b:6.3f}  {c0:6.3f}  {c1:6.3f}  {g:6.4f}", flush=True)
     x = np.array(rows)
     fast = np.percentile(x, 10, axis=0)
     slow = x[:, 0] > 1.25 * fast[0]
-    print("correlation (mnv2-2t, conv-2t, conv-1t cpu a, conv-1t cpu b):")
+    print("correlation (mnv2-2t, conv-2t, conv-1t cpu a, conv-1t cpu b, gate probe):")
     print(np.corrcoef(x.T).round(2))
     print("fastest decile ms:", fast.round(3), " median:", np.median(x, 0).round(3), " max:", x.max(0).round(3))
     print(f"slow state (mnv2 > 1.25x its fastest decile): {100 * slow.mean():.0f}% of samples; timeline: "
@@ -97,6 +106,24 @@ def main() -> int:
     if slow.any() and (~slow).any():
         ratio = np.median(x[slow], 0) / np.median(x[~slow], 0)
         print("slow / fast state, median per column:", ratio.round(2))
+    gate_slow = x[:, 4] > 1.25 * np.percentile(x[:, 4], 10)
+    print("steady gate (probe > 1.25x its fastest decile) vs slow state: "
+          f"flags {gate_slow[slow].sum()}/{slow.sum()} slow samples, {gate_slow[~slow].sum()}/{(~slow).sum()} fast ones")
+    print("--- do the probe and the runtime disturb each other (threads still spinning)? ---")
+    now, later, p_now, p_later = [], [], [], []
+    for _ in range(20):
+        gate_probe_ms(np)
+        now.append(series(conv2, 0.02))  # conv right after the probe
+        gate_probe_ms(np)
+        time.sleep(0.12)
+        later.append(series(conv2, 0.02))  # ... and 0.12 s after it
+        p_now.append(gate_probe_ms(np))  # probe right after a conv series
+        series(conv2, 0.02)
+        time.sleep(0.12)
+        p_later.append(gate_probe_ms(np))  # ... and 0.12 s after it
+    print(f"conv right after the probe {statistics.median(now):.3f} ms, 0.12 s later {statistics.median(later):.3f} ms; "
+          f"probe right after a conv series {statistics.median(p_now):.4f} ms, 0.12 s later "
+          f"{statistics.median(p_later):.4f} ms")
     print(f"--- {args.fresh} fresh sessions vs the persistent one (mnv2, 2 threads, 0.3 s each) ---")
     for _ in range(args.fresh):
         a = series(session(work / "mnv2.onnx", 2), 0.3)

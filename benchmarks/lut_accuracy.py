@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--drift", default="bundle", choices=["bundle", "local", "none"],
                     help="how table points are corrected for the machine's drift (ProfileSettings.drift)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per layer point")
+    ap.add_argument("--no-steady-gate", dest="gate", action="store_false",
+                    help="time without the runner's steady gate (ProfileSettings.gate)")
     ap.add_argument("--model-rounds", type=int, default=ProfileSettings.model_rounds,
                     help="interleaved rounds per whole model (calibration and validation variants)")
     ap.add_argument("--cache-dir", type=Path, default=None,
@@ -72,7 +74,7 @@ def main() -> int:
     store = LUTStore(cache)
     settings = ProfileSettings(grid=GridSettings(lanes=target.fp32_lanes(), density=args.density),
                                threads=args.threads, drift=args.drift, rounds=args.rounds,
-                               model_rounds=args.model_rounds)
+                               model_rounds=args.model_rounds, gate=args.gate)
     rows, dump = [], []
     t_all = time.perf_counter()
     load_start = os.getloadavg()

@@ -78,10 +78,13 @@ def test_bench_times_a_prebuilt_artifact(digits_compiled, tmp_path):
     so = json.loads((out / "summary.json").read_text())
     onnx_art = next(b["artifact"] for b in so["backends"] if b["name"] == "onnxruntime")
     res = run("bench", "--model", "zoo:digits-cnn", "--backend", "onnxruntime", "--artifact", onnx_art,
-              "--out", str(tmp_path / "b"), "--json", *FAST)
+              "--out", str(tmp_path / "b"), "--json", "--steady-gate", *FAST)
     assert res.exit_code == 0, res.output
     s = json.loads(res.stdout)  # --json: stdout is machine-readable, progress went to stderr
     assert s["backends"][0]["verified"] is True
+    # --steady-gate: the runner timed the series inside its gate and says in which state
+    (line,) = (tmp_path / "b" / "bundle" / "results.jsonl").read_text().splitlines()
+    assert json.loads(line)["env"]["timing"]["gate"]["state"] in ("steady", "unsteady")
 
 
 def test_unknown_target_is_one_line_with_choices(tmp_path):

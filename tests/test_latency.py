@@ -362,3 +362,18 @@ def test_a_point_is_the_fast_state_of_its_rounds_and_an_unconfirmed_one_is_noisy
     unconfirmed = LatencyEntry.from_rounds([0.266, 0.314, 0.318], runs=30)
     assert confirmed.spread == pytest.approx(0.004 / 0.268, rel=1e-6)
     assert unconfirmed.spread == pytest.approx(0.048 / 0.266, rel=1e-6)  # the gap to the next round
+
+
+def test_a_points_unsteady_series_are_dropped_only_when_a_steady_one_exists():
+    from edgeprune.bench.bundle import JobResult
+    from edgeprune.latency.profiler import keep_steady
+
+    def res(ms, state):
+        env = {"timing": {"gate": {"state": state}}} if state else {}
+        return JobResult(id="0.r0", ok=True, times_ms=[ms], env=env)
+
+    kept, dropped, unsteady = keep_steady([res(1.0, "steady"), res(1.4, "unsteady"), res(1.02, "steady")])
+    assert [r.times_ms[0] for r in kept] == [1.0, 1.02] and dropped == unsteady == 1
+    kept, dropped, unsteady = keep_steady([res(1.4, "unsteady"), res(1.5, "unsteady")])
+    assert len(kept) == 2 and dropped == 0 and unsteady == 2  # never lose a point to the gate
+    assert keep_steady([res(1.0, None)])[0][0].times_ms == [1.0]  # no gate: everything counts

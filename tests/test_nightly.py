@@ -50,7 +50,7 @@ def test_matrix_expands_cross_product_minus_exclude_plus_include(tmp_path):
         "  exclude:\n"
         "    - {model: zoo:mlp-recsys, backend: openvino}\n"
         "  include:\n"
-        "    - {model: zoo:lstm-digits, bench: {min_runs: 30}}\n"
+        "    - {model: zoo:lstm-digits, bench: {min_runs: 30, steady_gate: true, rounds: 2}}\n"
         "bench: {min_runs: 60}\n"
     )
     cfg = load_matrix(p)
@@ -58,6 +58,7 @@ def test_matrix_expands_cross_product_minus_exclude_plus_include(tmp_path):
     assert names == [("zoo:digits-cnn", "onnxruntime"), ("zoo:digits-cnn", "openvino"),
                      ("zoo:mlp-recsys", "onnxruntime"), ("zoo:lstm-digits", "onnxruntime")]
     assert [c.bench.min_runs for c in cfg.cells] == [60, 60, 60, 30]
+    assert [(c.bench.steady_gate, c.bench.rounds) for c in cfg.cells] == [(False, 3)] * 3 + [(True, 2)]
     assert all(c.target == "host" and c.device == "local" for c in cfg.cells)
     parts = [shard(cfg.cells, f"{i}/3") for i in (1, 2, 3)]
     assert sorted(c.name for p in parts for c in p) == sorted(c.name for c in cfg.cells)

@@ -292,3 +292,70 @@ def test_latency_stats():
     assert LatencyStats.from_times([2.5]).std == 0.0
     with pytest.raises(ValueError):
         LatencyStats.from_times([])
+
+
+# ---- the steady gate ------------------------------------------------------------------------
+def _scripted_probe(monkeypatch, values):
+    seq = list(values)
+    seen = []
+
+    def probe(np_, n=None, calls=None):
+        v = seq.pop(0) if len(seq) > 1 else seq[0]
+        seen.append(v)
+        return v
+    monkeypatch.setattr(R, "gate_probe_ms", probe)
+    return seen
+
+
+def test_steady_gate_waits_for_the_steady_state_and_retimes_a_series_it_saw_end_unsteady(tmp_path, monkeypatch):
+    # calibration sees 1.0 ms (its last probe serves as the first before-probe) -> series -> slow after:
+    # re-time; slow (wait 0.5 s), steady -> series -> steady after: kept
+    _scripted_probe(monkeypatch, [1.0] * R.GATE_LOWS + [1.5, 1.4, 1.0, 1.0])
+    calls = []
+    cfg = {"calibrate_s": 0, "settle_s": 0, "max_wait_s": 30}
+    times, info = R.gated_time_runs(np, lambda: calls.append(1), _job(min_runs=5, gate=cfg), str(tmp_path))
+    g = info["gate"]
+    assert g["state"] == "steady" and g["retries"] == 1 and g["fast_ms"] == 1.0 and g["probe_ms"] == [1.0, 1.0]
+    assert len(times) == 5 and len(calls) == 10  # the first series was timed, then thrown away
+    assert json.loads((tmp_path / R.GATE_FILE).read_text())["fast_ms"] == 1.0  # for the next worker
+
+
+def test_steady_gate_keeps_a_series_marked_unsteady_when_the_device_never_settles(tmp_path, monkeypatch):
+    _scripted_probe(monkeypatch, [1.0] * R.GATE_LOWS + [2.0])  # calibrated at 1.0, then slow for good
+    t0 = time.monotonic()
+    times, info = R.gated_time_runs(np, lambda: None, _job(min_runs=3, gate={"calibrate_s": 0, "settle_s": 0,
+                                                                             "max_wait_s": 1.0}), str(tmp_path))
+    assert time.monotonic() - t0 < 10
+    assert info["gate"]["state"] == "unsteady" and len(times) == 3 and info["gate"]["wait_s"] >= 0.9
+
+
+def test_steady_gate_uses_the_hosts_level_hint_instead_of_calibrating(tmp_path, monkeypatch):
+    seen = _scripted_probe(monkeypatch, [0.9])
+    R._GATES.pop(str(tmp_path), None)
+    _, info = R.gated_time_runs(np, lambda: None, _job(gate={"fast_ms": 1.0, "settle_s": 0}), str(tmp_path))
+    assert info["gate"]["state"] == "steady" and "calibrated_s" not in info["gate"] and len(seen) == 2
+
+
+def test_runner_times_inside_the_steady_gate_end_to_end(bundle):
+    gate = {"calibrate_s": 0.3, "max_wait_s": 5}
+    write_manifest(bundle, [job("a", gate=gate), job("b", gate={}), job("plain")])  # {}: the gate, defaults
+    cp = run_runner(bundle)
+    assert cp.returncode == 0, cp.stderr
+    a, b, plain = read_results(bundle)
+    assert a.env["timing"]["gate"]["state"] in ("steady", "unsteady") and "calibrated_s" in a.env["timing"]["gate"]
+    assert "calibrated_s" not in b.env["timing"]["gate"]  # one calibration per bundle
+    assert "gate" not in plain.env["timing"]
+    assert json.loads((bundle / R.GATE_FILE).read_text())["fast_ms"] > 0
+
+
+def test_steady_gate_spends_at_most_its_budget_on_a_device_that_never_settles(tmp_path, monkeypatch):
+    _scripted_probe(monkeypatch, [1.0] * R.GATE_LOWS + [2.0])
+    cfg = {"calibrate_s": 0, "settle_s": 0, "max_wait_s": 0.6, "budget": 0.1}
+    gate = R.steady_gate(np, str(tmp_path), cfg)  # calibrates now, outside the timed part
+    t0 = time.monotonic()
+    states = [R.gated_time_runs(np, _busy(0.01), _job(min_time_s=0.2, gate=cfg), str(tmp_path))[1]["gate"]
+              for _ in range(8)]
+    elapsed = time.monotonic() - t0
+    assert all(s["state"] == "unsteady" for s in states)
+    since_start = time.time() - gate.t0
+    assert elapsed < 8 * 0.2 * 1.1 + 0.6 + 0.1 * since_start + 1.0  # the series, one max_wait, the budget, slack

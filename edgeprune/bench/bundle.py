@@ -47,6 +47,9 @@ class BenchJob:
     max_time_s: float = 30.0
     #: artificial slowdown factor, used only by benchmarks/tests of regression detection
     inject_slowdown: float = 1.0
+    #: time inside the runner's steady gate (runner.SteadyGate): None = off, {} = defaults,
+    #: or overrides such as {"tol": 0.1, "max_wait_s": 20}
+    gate: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchJob":

@@ -67,6 +67,10 @@ def bench_options(f: Callable) -> Callable:
                   help="With several artifacts, split their timing into this many interleaved rounds (A B C, B C A, "
                        "...): they are compared in the same stretch of time, and --backend auto decides on the "
                        "fast state of the round medians (those within 10 %% of the fastest round).")
+    @click.option("--steady-gate", is_flag=True, expose_value=False, callback=_store_meta,
+                  help="Time each artifact in the device's steady state: the runner probes before and after each "
+                       "series and waits or re-times through slow episodes (shared VMs, thermally throttling "
+                       "boards); the wait is recorded in each result's env.timing.gate.")
     @click.option("--eval-samples", type=click.IntRange(1), expose_value=False, callback=_store_meta,
                   help="Score accuracy on at most this many held-out samples (default: all; "
                        "fewer for slow or emulated devices).")
@@ -89,5 +93,7 @@ def bench_settings(threads, min_runs, min_time, max_time, warmup, timeout):
     ctx = click.get_current_context(silent=True)
     eval_samples = ctx.meta.get("edgeprune.eval_samples") if ctx is not None else None
     rounds = ctx.meta.get("edgeprune.rounds") if ctx is not None else None
+    gate = bool(ctx.meta.get("edgeprune.steady_gate")) if ctx is not None else False
     return BenchSettings(warmup=warmup, min_runs=min_runs, min_time_s=min_time, max_time_s=max_time,
-                         threads=threads, timeout_s=timeout, eval_samples=eval_samples, rounds=rounds or 3)
+                         threads=threads, timeout_s=timeout, eval_samples=eval_samples, rounds=rounds or 3,
+                         steady_gate=gate)

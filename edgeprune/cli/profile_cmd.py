@@ -84,6 +84,9 @@ def print_profile(result, target_name: str) -> None:
     out.print(f"model: {c.full_ms:.3f} ms measured at full width, layer sum {c.full_sum_ms:.3f} ms "
               f"(remainder {c.remainder_ms:+.3f} ms)", highlight=False)
     out.print(f"predictor: {c.method} — {c.reason}", highlight=False)
+    if result.unsteady_series:
+        out.print(f"note: {result.unsteady_series} series were timed outside the device's steady state (the steady "
+                  "gate's wait ran out); a point keeps them only when it has no steady one", highlight=False)
 
 
 def print_validation(rep) -> None:
@@ -101,6 +104,9 @@ def print_validation(rep) -> None:
               f"p95 {f['p95_abs_pct_error']:.2f}%, within ±10%: {100 * f['within_10pct']:.0f}%", highlight=False)
     out.print("measured = variant / unpruned model timed in the same rounds x the unpruned model at profiling "
               "(the latency relative to the unpruned model, which budgets use)", highlight=False)
+    if rep.unsteady_series:
+        out.print(f"note: {rep.unsteady_series} validation series were timed outside the device's steady state",
+                  highlight=False)
     if rep.drift is not None:
         out.print(f"machine drift since profiling: full model {100 * (rep.drift - 1):+.1f}%; LUT errors against raw "
                   f"times: median {r['median_abs_pct_error']:.2f}%, within ±10%: {100 * r['within_10pct']:.0f}%; "
@@ -121,6 +127,9 @@ def print_validation(rep) -> None:
               help="Grid density: coarse is faster, dense measures every width.")
 @click.option("--rounds", type=click.IntRange(1, 9), default=3, show_default=True,
               help="Interleaved measurement rounds per point (median of round medians).")
+@click.option("--steady-gate/--no-steady-gate", "steady_gate", default=True, show_default=True,
+              help="Time every series in the device's steady state: the runner probes before and after each one "
+                   "and waits or re-times through slow episodes (shared VMs, throttling boards).")
 @click.option("--calibration-variants", type=click.IntRange(0, 50), default=6, show_default=True,
               help="Pruned variants measured end to end to calibrate the remainder model.")
 @click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME", help="Layer whose channels are never pruned.")
@@ -145,7 +154,7 @@ def print_validation(rep) -> None:
 @ssh_options
 @click.option("--keep-bundles", type=click.Path(file_okay=False, path_type=Path), hidden=True)
 def profile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
-                threads, density, rounds, calibration_variants, keep_layers, refresh, pinned, cache_dir, do_validate,
+                threads, density, rounds, steady_gate, calibration_variants, keep_layers, refresh, pinned, cache_dir, do_validate,
                 n_variants, widths_mode, seed, json_file, do_plot, plot_dir, keep_bundles) -> None:
     """Measure the latency lookup table of every prunable layer of a model on a device.
 
@@ -170,7 +179,7 @@ def profile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_nam
     model = load_model_from_options(model_spec, weights, input_shape, allow_pickle, data)
     settings = ProfileSettings(
         grid=GridSettings(lanes=target.fp32_lanes(), density=density), threads=threads, rounds=rounds,
-        calibration_variants=calibration_variants, seed=seed, keep_bundles=keep_bundles,
+        calibration_variants=calibration_variants, seed=seed, keep_bundles=keep_bundles, gate=steady_gate,
     )
     store = LUTStore(cache_dir) if cache_dir else LUTStore()
     space = space_of(model, tuple(keep_layers))

@@ -60,6 +60,9 @@ class BenchSettings:
     #: with several artifacts, their timing is split into this many interleaved rounds
     #: (edgeprune.bench.rounds): a choice between them then compares like with like
     rounds: int = 3
+    #: time inside the runner's steady gate (edgeprune.bench.runner.SteadyGate): off by
+    #: default for compile, whose artifacts are few and long-timed; on for noisy devices
+    steady_gate: bool = False
 
 
 @dataclass(frozen=True)
@@ -298,6 +301,7 @@ def compile_model(
             min_runs=s.min_runs,
             min_time_s=s.min_time_s,
             max_time_s=s.max_time_s,
+            gate={} if s.steady_gate else None,
         )
         for name, art in artifacts.items()
     ]

@@ -85,6 +85,10 @@ class ProfileSettings:
     #: state of its REFERENCE_PER_ROUND x rounds series), "local" (each round x table
     #: reference / the reference timed next to it) or "none"
     drift: str = "bundle"
+    #: time every series inside the runner's steady gate (edgeprune.bench.runner.SteadyGate):
+    #: series are timed in the device's steady state, or re-timed, or marked unsteady; a
+    #: point's unsteady rounds are dropped when it has a steady one
+    gate: bool = True
 
 
 class ProgressSink:
@@ -124,6 +128,8 @@ class Timing:
     ref_ms: float | None = None  # the reference job, measured interleaved in the same bundle
     #: per round, the reference timed right before and after this point's series (their mean)
     ref_rounds: list[float | None] = field(default_factory=list)
+    #: rounds the steady gate marked unsteady and that were dropped (a steady one existed)
+    unsteady_dropped: int = 0
 
     @property
     def ms(self) -> float:
@@ -141,6 +147,20 @@ REFERENCE_KEY = "__reference__"
 #: timed within a few jobs of it (``Timing.ref_rounds``)
 REFERENCE_PER_ROUND = 4
 DRIFT_MODES = ("bundle", "local", "none")
+
+
+def gate_info(r: JobResult) -> dict[str, Any]:
+    """What the runner's steady gate said about a job's series ({} without a gate)."""
+    return ((r.env or {}).get("timing") or {}).get("gate") or {}
+
+
+def keep_steady(results: list[JobResult]) -> tuple[list[JobResult], int, int]:
+    """(kept, dropped, unsteady): a point's series the steady gate marked unsteady are
+    dropped when at least one of its series is steady; with none steady all are kept
+    (a point is never lost to the gate, its spread then says how far to trust it)."""
+    steady = [r for r in results if gate_info(r).get("state") != "unsteady"]
+    unsteady = len(results) - len(steady)
+    return (steady, unsteady, unsteady) if steady else (results, 0, unsteady)
 
 
 def reference_job() -> Job:
@@ -180,6 +200,10 @@ class BundleMeasurer:
         self.device_seconds = 0.0
         self.last_env: dict[str, Any] = {}
         self.runtime_version: str | None = None
+        #: the steady gate's probe level seen on this device: a hint for the next bundle's
+        #: gate, so only the first bundle calibrates
+        self.gate_fast_ms: float | None = None
+        self.unsteady_series = 0
 
     def estimate_ms(self, macs: float) -> float:
         return self._ms_fixed + macs * self._ms_per_mac
@@ -273,6 +297,7 @@ class BundleMeasurer:
                 bench_jobs.append(BenchJob(
                     id=job_id, backend=self.backend.name, artifact=art, inputs=inp, threads=self.threads,
                     options=opts, warmup=s.warmup, min_runs=runs, min_time_s=secs, max_time_s=s.max_time_s,
+                    gate=self._gate_config(),
                 ))
 
             for r in range(rounds):
@@ -310,18 +335,28 @@ class BundleMeasurer:
             if not good:
                 errors[k] = next((r.error for r in rs if r.error), "no timings")
                 continue
+            good, dropped, unsteady = keep_steady(good)
+            self.unsteady_series += unsteady
             meds = [float(statistics.median(r.times_ms)) for r in good]
             timings[k] = Timing(rounds=meds, runs=sum(len(r.times_ms) for r in good), env=good[0].env,
                                 runtime_version=good[0].runtime_version,
-                                ref_rounds=[local_ref.get(r.id) for r in good])
+                                ref_rounds=[local_ref.get(r.id) for r in good], unsteady_dropped=dropped)
             self.last_env = good[0].env or self.last_env
             self.runtime_version = good[0].runtime_version or self.runtime_version
             self.device_seconds += sum(sum(r.times_ms) for r in good) / 1e3
             if by_job[k].macs > 0:
                 ratios.append(statistics.median(meds) / by_job[k].macs)
+        levels = [g["fast_ms"] for r in results if (g := gate_info(r)) and g.get("fast_ms")]
+        if levels:
+            self.gate_fast_ms = min(levels + ([self.gate_fast_ms] if self.gate_fast_ms else []))
         if ratios:  # better cost estimates for the next chunks
             self._ms_per_mac = float(statistics.median(ratios))
         return timings, errors
+
+    def _gate_config(self) -> dict[str, Any] | None:
+        if not self.settings.gate:
+            return None
+        return {"fast_ms": self.gate_fast_ms} if self.gate_fast_ms else {}
 
     @staticmethod
     def _local_references(bench_jobs: list[BenchJob], results: list[JobResult], keys: list[str]
@@ -477,6 +512,8 @@ class ProfileResult:
     model: str
     fingerprint: str
     reference_ms: float | None = None
+    #: series the steady gate marked unsteady (re-timing did not find the steady state)
+    unsteady_series: int = 0
 
     def layer_rows(self) -> list[dict[str, Any]]:
         p = self.predictor
@@ -502,7 +539,7 @@ class ProfileResult:
             "table": str(self.table_path), "points_used": self.points_used, "points_measured": self.points_measured,
             "points_reused": self.points_reused, "model_measured": self.model_measured,
             "seconds": round(self.seconds, 2), "bundles": self.bundles, "failures": self.failures,
-            "reference_ms": self.reference_ms,
+            "reference_ms": self.reference_ms, "unsteady_series": self.unsteady_series,
             "families": len(self.table.families), "layers": len(self.predictor.space.layers),
             "predictor": self.predictor.describe(),
             "tables": [t.summary() for t in self.table.tables.values()],
@@ -675,6 +712,7 @@ def profile_model(
         points_measured=len(measured), points_reused=len(used & (reused_before - measured)),
         model_measured=model_measured, seconds=time.perf_counter() - t0, bundles=measurer.bundles_run,
         failures=failures, model=model.spec, fingerprint=fp, reference_ms=state["ref"],
+        unsteady_series=measurer.unsteady_series,
     )
 
 
@@ -708,6 +746,7 @@ class ValidationReport:
     seconds: float
     busy_cpus: float | None = None  # CPUs other processes kept busy when validation started (local)
     full_rounds_ms: list[float] = field(default_factory=list)  # the unpruned model's raw rounds (validation)
+    unsteady_series: int = 0  # series the steady gate marked unsteady
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -716,7 +755,7 @@ class ValidationReport:
             "model": self.model, "backend": self.backend, "calibration": self.method, "widths": self.widths_mode,
             "raw": self.raw_stats, "flops_predictor": self.flops_stats, "reference_unit": self.unit_stats,
             "full_ms_at_profile": self.full_ms_profile, "full_ms_now": self.full_ms_now, "drift": self.drift,
-            "full_rounds_ms": [round(r, 4) for r in self.full_rounds_ms],
+            "full_rounds_ms": [round(r, 4) for r in self.full_rounds_ms], "unsteady_series": self.unsteady_series,
             "seconds": round(self.seconds, 2), "busy_cpus": None if self.busy_cpus is None else round(self.busy_cpus, 2),
         }
 
@@ -798,4 +837,5 @@ def validate(
         stats=error_stats(pairs), raw_stats=error_stats(raw_pairs), flops_stats=error_stats(fpairs),
         unit_stats=error_stats(unit_pairs), full_ms_profile=full_profile, full_ms_now=full_now, drift=drift,
         seconds=time.perf_counter() - t0, busy_cpus=load, full_rounds_ms=list(full.rounds),
+        unsteady_series=measurer.unsteady_series,
     )

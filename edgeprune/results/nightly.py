@@ -14,7 +14,7 @@ The matrix file (``nightly.yaml``)::
         - {model: zoo:mlp-recsys, backend: openvino}
       include:                   # ... plus extra cells (fields default to the lists' first)
         - {model: zoo:lstm-digits, backend: onnxruntime, bench: {min_runs: 30}}
-    bench: {warmup: 5, min_runs: 50, min_time_s: 0.5}
+    bench: {warmup: 5, min_runs: 50, min_time_s: 0.5}   # + rounds: 3, steady_gate: false
     detection: {min_effect: 0.03, confidence: 0.99, max_remeasure: 2, accuracy_tolerance: 0.5}
     baseline: {runs: 5}          # or {pin: 42}: compare against run 42
 
@@ -70,6 +70,8 @@ class BenchSpec(BaseModel):
     threads: int | None = Field(None, ge=1)
     timeout_s: float = Field(900.0, gt=0)
     eval_samples: int | None = Field(None, ge=1)
+    rounds: int = Field(3, ge=1, le=20)
+    steady_gate: bool = False
 
 
 class BenchOverride(BaseModel):
@@ -81,6 +83,8 @@ class BenchOverride(BaseModel):
     threads: int | None = Field(None, ge=1)
     timeout_s: float | None = Field(None, gt=0)
     eval_samples: int | None = Field(None, ge=1)
+    rounds: int | None = Field(None, ge=1, le=20)
+    steady_gate: bool | None = None
 
 
 class DetectionSpec(BaseModel):
@@ -375,7 +379,8 @@ class NightlyRunner:
 
         b = cell.bench
         return BenchSettings(warmup=b.warmup, min_runs=b.min_runs, min_time_s=b.min_time_s, max_time_s=b.max_time_s,
-                             threads=b.threads, timeout_s=b.timeout_s, eval_samples=b.eval_samples)
+                             threads=b.threads, timeout_s=b.timeout_s, eval_samples=b.eval_samples,
+                             rounds=b.rounds, steady_gate=b.steady_gate)
 
     def _record(self, outcome: CellOutcome) -> None:
         for v in outcome.verdicts:
