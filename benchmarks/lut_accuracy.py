@@ -62,6 +62,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds per layer point")
     ap.add_argument("--no-steady-gate", dest="gate", action="store_false",
                     help="time without the runner's steady gate (ProfileSettings.gate)")
+    ap.add_argument("--timing", default="auto", choices=["auto", "kernel", "wall"],
+                    help="what a layer point's time is (ProfileSettings.timing)")
+    ap.add_argument("--calibration-variants", type=int, default=ProfileSettings.calibration_variants)
     ap.add_argument("--model-rounds", type=int, default=ProfileSettings.model_rounds,
                     help="interleaved rounds per whole model (calibration and validation variants)")
     ap.add_argument("--cache-dir", type=Path, default=None,
@@ -74,7 +77,8 @@ def main() -> int:
     store = LUTStore(cache)
     settings = ProfileSettings(grid=GridSettings(lanes=target.fp32_lanes(), density=args.density),
                                threads=args.threads, drift=args.drift, rounds=args.rounds,
-                               model_rounds=args.model_rounds, gate=args.gate)
+                               model_rounds=args.model_rounds, gate=args.gate, timing=args.timing,
+                               calibration_variants=args.calibration_variants)
     rows, dump = [], []
     t_all = time.perf_counter()
     load_start = os.getloadavg()
@@ -100,6 +104,9 @@ def main() -> int:
     load_end = os.getloadavg()
     print(f"\nhost: {target.num_cores()} cores, fp32 lanes {target.fp32_lanes()}, "
           f"{settings.threads or target.num_cores()} thread(s) per inference; tables in {cache}")
+    print("layer timing: " + ", ".join(sorted({f"{b} {res.key.timing}" for _, b, _, res, _ in rows}))
+          + f" (--timing {args.timing}; kernel = per-node counters, wall = wall-clock); "
+          f"{settings.calibration_variants} calibration variants")
     print(f"load average (1/5/15 min) at start {load_start[0]:.1f}/{load_start[1]:.1f}/{load_start[2]:.1f}, "
           f"at end {load_end[0]:.1f}/{load_end[1]:.1f}/{load_end[2]:.1f} (other processes share the 2 cores)")
     print("errors = |predicted - measured| / measured over random pruned variants measured end to end; measured =\n"

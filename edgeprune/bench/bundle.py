@@ -50,6 +50,9 @@ class BenchJob:
     #: time inside the runner's steady gate (runner.SteadyGate): None = off, {} = defaults,
     #: or overrides such as {"tol": 0.1, "max_wait_s": 20}
     gate: dict[str, Any] | None = None
+    #: "wall" (each run's wall-clock time) or "kernel" (the layers' own work from the
+    #: runtime's per-node profiling counters, less layout conversions: runner.TIMING_MODES)
+    timing: str = "wall"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchJob":

@@ -130,6 +130,10 @@ def print_validation(rep) -> None:
 @click.option("--steady-gate/--no-steady-gate", "steady_gate", default=True, show_default=True,
               help="Time every series in the device's steady state: the runner probes before and after each one "
                    "and waits or re-times through slow episodes (shared VMs, throttling boards).")
+@click.option("--timing", type=click.Choice(["auto", "kernel", "wall"]), default="auto", show_default=True,
+              help="What a layer point's time is: kernel = the layer's own work from the runtime's per-node "
+                   "counters (no per-call overhead or layout conversions, which a standalone graph pays and a model "
+                   "does not); wall = wall-clock; auto = kernel for onnxruntime and openvino, wall for tvm.")
 @click.option("--calibration-variants", type=click.IntRange(0, 50), default=6, show_default=True,
               help="Pruned variants measured end to end to calibrate the remainder model.")
 @click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME", help="Layer whose channels are never pruned.")
@@ -154,7 +158,7 @@ def print_validation(rep) -> None:
 @ssh_options
 @click.option("--keep-bundles", type=click.Path(file_okay=False, path_type=Path), hidden=True)
 def profile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
-                threads, density, rounds, steady_gate, calibration_variants, keep_layers, refresh, pinned, cache_dir, do_validate,
+                threads, density, rounds, steady_gate, timing, calibration_variants, keep_layers, refresh, pinned, cache_dir, do_validate,
                 n_variants, widths_mode, seed, json_file, do_plot, plot_dir, keep_bundles) -> None:
     """Measure the latency lookup table of every prunable layer of a model on a device.
 
@@ -180,6 +184,7 @@ def profile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_nam
     settings = ProfileSettings(
         grid=GridSettings(lanes=target.fp32_lanes(), density=density), threads=threads, rounds=rounds,
         calibration_variants=calibration_variants, seed=seed, keep_bundles=keep_bundles, gate=steady_gate,
+        timing=timing,
     )
     store = LUTStore(cache_dir) if cache_dir else LUTStore()
     space = space_of(model, tuple(keep_layers))

@@ -89,6 +89,28 @@ class ProfileSettings:
     #: series are timed in the device's steady state, or re-timed, or marked unsteady; a
     #: point's unsteady rounds are dropped when it has a steady one
     gate: bool = True
+    #: what a layer point's time is (whole models are always wall-clock): "kernel" = the
+    #: layer's own work from the runtime's per-node counters, without the per-call overhead
+    #: and the layout conversions a standalone graph pays and a model does not; "wall";
+    #: "auto" = kernel where the runtime has the counters (KERNEL_TIMING_BACKENDS)
+    timing: str = "auto"
+
+
+#: runtimes whose per-node profiling counters the runner reads (runner.Model.kernel_times)
+KERNEL_TIMING_BACKENDS = ("onnxruntime", "openvino")
+TIMINGS = ("auto", "kernel", "wall")
+
+
+def layer_timing(settings: "ProfileSettings", backend: str) -> str:
+    """The timing mode of ``backend``'s layer points under ``settings`` (never "auto")."""
+    if settings.timing not in TIMINGS:
+        raise ConfigError(f"unknown timing '{settings.timing}'; choose {', '.join(TIMINGS)}")
+    if settings.timing == "auto":
+        return "kernel" if backend in KERNEL_TIMING_BACKENDS else "wall"
+    if settings.timing == "kernel" and backend not in KERNEL_TIMING_BACKENDS:
+        raise ConfigError(f"{backend} has no per-node counters for kernel timing",
+                          f"use --timing wall (kernel timing works with {', '.join(KERNEL_TIMING_BACKENDS)})")
+    return settings.timing
 
 
 class ProgressSink:
@@ -117,6 +139,7 @@ class Job:
     inputs: Callable[[], list[np.ndarray]]
     input_key: str
     macs: float = 0.0
+    timing: str = "wall"  # BenchJob.timing
 
 
 @dataclass
@@ -163,10 +186,25 @@ def keep_steady(results: list[JobResult]) -> tuple[list[JobResult], int, int]:
     return (steady, unsteady, unsteady) if steady else (results, 0, unsteady)
 
 
-def reference_job() -> Job:
+def reference_job(timing: str = "wall") -> Job:
+    """The drift reference, timed like the table's layer points (``timing``) in every
+    bundle, whole-model bundles included: its ratios must compare like with like."""
     L = REFERENCE_LAYER
     return Job(key=REFERENCE_KEY, write_onnx=lambda dst: write_layer_onnx(L, 64, 64, dst, seed=12345),
-               inputs=lambda: make_inputs(L, 64), input_key=str(input_shapes(L, 64)), macs=float(L.macs(64, 64)))
+               inputs=lambda: make_inputs(L, 64), input_key=str(input_shapes(L, 64)), macs=float(L.macs(64, 64)),
+               timing=timing)
+
+
+def series_ms(times: list[float], timing: str) -> float:
+    """One series' value: the median run; for kernel timing the interquartile mean, since
+    the runtimes count node time in whole microseconds (a 10 us kernel would otherwise
+    move in 10 % steps)."""
+    if timing != "kernel" or len(times) < 4:
+        return float(statistics.median(times))
+    xs = sorted(times)
+    q = len(xs) // 4
+    mid = xs[q:len(xs) - q]
+    return float(sum(mid) / len(mid))
 
 
 class BundleMeasurer:
@@ -189,6 +227,7 @@ class BundleMeasurer:
                 f"pass --device with a {target.name} board (see `edgeprune devices`)",
             )
         self.executor = executor_for(device)
+        self.timing = layer_timing(settings, backend)  # of layer points and the reference
         self.threads = settings.threads or target.num_cores()
         self.progress = progress or ProgressSink()
         self.log = log
@@ -233,7 +272,7 @@ class BundleMeasurer:
             acc += cost
         if cur:
             chunks.append(cur)
-        ref = reference_job() if reference else None
+        ref = reference_job(self.timing) if reference else None
         self.progress.phase(description, (len(jobs) + (len(chunks) * REFERENCE_PER_ROUND if ref else 0)) * rounds)
         t0, done = time.perf_counter(), 0
         for ci, chunk in enumerate(chunks):
@@ -292,12 +331,14 @@ class BundleMeasurer:
             has_ref = REFERENCE_KEY in built and bool(points)
             bench_jobs: list[BenchJob] = []
 
+            timing_of = {j.key: j.timing for j in chunk}
+
             def add(k: str, job_id: str, runs: int, secs: float) -> None:
                 art, opts, inp = built[k]
                 bench_jobs.append(BenchJob(
                     id=job_id, backend=self.backend.name, artifact=art, inputs=inp, threads=self.threads,
                     options=opts, warmup=s.warmup, min_runs=runs, min_time_s=secs, max_time_s=s.max_time_s,
-                    gate=self._gate_config(),
+                    gate=self._gate_config(), timing=timing_of[k],
                 ))
 
             for r in range(rounds):
@@ -337,15 +378,16 @@ class BundleMeasurer:
                 continue
             good, dropped, unsteady = keep_steady(good)
             self.unsteady_series += unsteady
-            meds = [float(statistics.median(r.times_ms)) for r in good]
+            meds = [series_ms(r.times_ms, by_job[k].timing) for r in good]
             timings[k] = Timing(rounds=meds, runs=sum(len(r.times_ms) for r in good), env=good[0].env,
                                 runtime_version=good[0].runtime_version,
                                 ref_rounds=[local_ref.get(r.id) for r in good], unsteady_dropped=dropped)
             self.last_env = good[0].env or self.last_env
             self.runtime_version = good[0].runtime_version or self.runtime_version
             self.device_seconds += sum(sum(r.times_ms) for r in good) / 1e3
-            if by_job[k].macs > 0:
-                ratios.append(statistics.median(meds) / by_job[k].macs)
+            if by_job[k].macs > 0:  # device time per MAC, wall-clock even for kernel timing
+                walls = [w for r in good if (w := (r.env.get("timing") or {}).get("wall_median_ms"))]
+                ratios.append(statistics.median(walls or meds) / by_job[k].macs)
         levels = [g["fast_ms"] for r in results if (g := gate_info(r)) and g.get("fast_ms")]
         if levels:
             self.gate_fast_ms = min(levels + ([self.gate_fast_ms] if self.gate_fast_ms else []))
@@ -546,11 +588,12 @@ class ProfileResult:
         }
 
 
-def table_key(target: "Target", device: "Device", backend: str, threads: int) -> TableKey:
+def table_key(target: "Target", device: "Device", backend: str, threads: int, timing: str = "wall") -> TableKey:
     from edgeprune.compile.backends import get_backend
 
     return TableKey(target=target.name, target_fingerprint=target_fingerprint(target, backend), device=device.name,
-                    backend=backend, backend_version=get_backend(backend).version(), threads=int(threads))
+                    backend=backend, backend_version=get_backend(backend).version(), threads=int(threads),
+                    timing=timing)
 
 
 def profile_model(
@@ -580,7 +623,7 @@ def profile_model(
     store = store or LUTStore()
     space = space if space is not None else space_of(model)
     threads = settings.threads or target.num_cores()
-    key = table_key(target, device, backend, threads)
+    key = table_key(target, device, backend, threads, layer_timing(settings, backend))
     if pinned is not None:
         tf = store.load_pinned(pinned, key)
         path = Path(pinned)
@@ -629,7 +672,7 @@ def profile_model(
         layer = table.families[p.family].layer
         return Job(key=p.signature, write_onnx=lambda dst, l=layer, p=p: write_layer_onnx(l, p.cin, p.cout, dst),
                    inputs=lambda l=layer, p=p: make_inputs(l, p.cin), input_key=str(input_shapes(layer, p.cin)),
-                   macs=float(layer.macs(p.cin, p.cout)))
+                   macs=float(layer.macs(p.cin, p.cout)), timing=key.timing)
 
     def status(table: LatencyTable, todo: list[Point], remeasure: bool) -> None:
         if not state["warned"]:

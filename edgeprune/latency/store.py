@@ -86,10 +86,15 @@ class TableKey:
     backend: str
     backend_version: str
     threads: int
+    #: what a layer point's time is: "wall" or "kernel" (runner.TIMING_MODES); tables of
+    #: the two never mix (a kernel table has no per-call overhead or layout conversions)
+    timing: str = "wall"
 
     @property
     def filename(self) -> str:
-        return f"{_safe(self.backend)}-{_safe(self.backend_version)}-t{self.threads}-{self.target_fingerprint}.json"
+        mode = "" if self.timing == "wall" else f"-{_safe(self.timing)}"  # wall tables keep their old names
+        return (f"{_safe(self.backend)}-{_safe(self.backend_version)}-t{self.threads}{mode}-"
+                f"{self.target_fingerprint}.json")
 
     def relpath(self) -> Path:
         return Path(_safe(self.target)) / _safe(self.device) / self.filename
@@ -108,6 +113,7 @@ class TableKey:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TableKey":
+        d = {"timing": "wall", **d}  # tables written before timing modes existed are wall-clock
         return cls(**{k: (int(d[k]) if k == "threads" else str(d[k])) for k in cls.__dataclass_fields__})
 
 
