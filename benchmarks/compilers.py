@@ -128,7 +128,7 @@ def measure(model: LoadedModel, onnx: Path, target: Target, arts: dict, bundle: 
                          tolerance=INT8_OUTPUT_REL_TOL * scale if n.endswith("-int8") else tol, threads=threads,
                          options=arts[n].options, warmup=settings.warmup, min_runs=settings.min_runs,
                          min_time_s=settings.min_time_s, max_time_s=settings.max_time_s,
-                         gate={} if settings.steady_gate else None)
+                         gate=settings.gate)
                 for n in order]
         (bundle / "results.jsonl").unlink(missing_ok=True)
         log(f"  round {r + 1}/{rounds}: timing {len(jobs)} artifacts ...")

@@ -224,6 +224,36 @@ def test_stale_table_is_never_used_silently(tmp_path):
     assert store.load(_key(), log=messages.append).entries == {}
     with pytest.raises(StaleTableError, match="target fingerprint"):
         store.load_pinned(store.path_for(other), _key())
+    # kernel-timed and wall-clock tables never mix
+    messages.clear()
+    assert store.load(_key(timing="kernel"), log=messages.append).entries == {}
+    assert any("timing 'wall' (now 'kernel')" in m for m in messages)
+
+
+def test_tables_written_before_timing_modes_are_wall_clock_and_keep_their_names():
+    d = _key().to_dict()
+    del d["timing"]
+    old = TableKey.from_dict(d)
+    assert old.timing == "wall" and old == _key()
+    assert old.filename == "onnxruntime-1.32.0-t2-abc.json"
+    assert _key(timing="kernel").filename == "onnxruntime-1.32.0-t2-kernel-abc.json"
+
+
+def test_layer_points_are_kernel_timed_where_the_runtime_has_node_counters():
+    from edgeprune.errors import ConfigError
+    from edgeprune.latency.profiler import ProfileSettings, layer_timing, series_ms
+
+    auto = ProfileSettings()
+    assert layer_timing(auto, "openvino") == layer_timing(auto, "onnxruntime") == "kernel"
+    assert layer_timing(auto, "tvm") == "wall"
+    assert layer_timing(ProfileSettings(timing="wall"), "openvino") == "wall"
+    with pytest.raises(ConfigError, match="tvm has no per-node counters"):
+        layer_timing(ProfileSettings(timing="kernel"), "tvm")
+    with pytest.raises(ConfigError, match="unknown timing"):
+        layer_timing(ProfileSettings(timing="cpu"), "openvino")
+    # counters tick in whole microseconds: a kernel series is its interquartile mean, not a 1-us step
+    ticks = [0.010] * 6 + [0.011] * 4 + [0.050]
+    assert series_ms(ticks, "wall") == 0.010 and 0.010 < series_ms(ticks, "kernel") < 0.011
 
 
 # ---- real backends, through the bundle runner ----------------------------------------------------
@@ -256,7 +286,9 @@ def test_profile_cli_measures_validates_and_plots(tiny_profile):
     assert v["raw_measured_ms"] > 0 and v["unit_measured_ms"] > 0
     prof = data["profile"]
     assert prof["points_measured"] > 0 and prof["model_measured"]
-    assert prof["predictor"]["calibration"]["method"] in ("additive", "activation", "proportional", "linear")
+    assert prof["predictor"]["calibration"]["method"] in ("additive", "activation", "proportional", "overhead",
+                                                          "linear")
+    assert prof["key"]["timing"] == "kernel"  # ONNX Runtime has per-node counters
     pngs = sorted(p.name for p in (root / "png").glob("*.png"))
     assert pngs == ["conv1.png", "conv2.png", "fc.png"]
     tables = list((root / "cache").rglob("onnxruntime-*.json"))
@@ -304,6 +336,7 @@ def test_openvino_table_is_measured_with_openvino(tmp_path):
                         min_runs=3, min_time_s=0.002, model_rounds=1, model_min_time_s=0.02, calibration_variants=0)
     r = profile_model(model, target, LOCAL, "openvino", s, LUTStore(tmp_path), space=space, log=lambda m: None)
     assert r.key.backend == "openvino" and r.points_measured > 0
+    assert r.key.timing == "kernel" and "-kernel-" in r.table_path.name  # PERF_COUNT node times
     assert r.predictor.predict(model_widths := r.predictor.space.full_widths()) == pytest.approx(
         r.predictor.calibration.full_ms)
     assert all(r.predictor.candidates(g)[-1] == r.predictor.space.groups[g].size for g in model_widths)

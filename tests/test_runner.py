@@ -359,3 +359,46 @@ def test_steady_gate_spends_at_most_its_budget_on_a_device_that_never_settles(tm
     assert all(s["state"] == "unsteady" for s in states)
     since_start = time.time() - gate.t0
     assert elapsed < 8 * 0.2 * 1.1 + 0.6 + 0.1 * since_start + 1.0  # the series, one max_wait, the budget, slack
+
+
+# ---- kernel timing ----------------------------------------------------------------------------
+def test_kernel_timing_reads_the_runtimes_own_node_counters(bundle):
+    """`timing: kernel` reports the layers' own work per run from ONNX Runtime's profiler
+    and OpenVINO's PERF_COUNT (the wall-clock median is kept next to it); TVM has no such
+    counters and says so, and an unknown mode is a clear error."""
+    from edgeprune.latency.layers import make_inputs, write_layer_onnx
+    from edgeprune.latency.profiler import REFERENCE_LAYER
+
+    write_layer_onnx(REFERENCE_LAYER, 64, 64, bundle / "m" / "conv.onnx")  # a 3x3 conv, 64 channels, 28x28
+    save_arrays(bundle / "data" / "conv.npz", "in", make_inputs(REFERENCE_LAYER, 64))
+    conv = dict(artifact="m/conv.onnx", inputs="data/conv.npz", expected=None, threads=2, min_runs=20,
+                timing="kernel")
+    write_manifest(bundle, [
+        job("ort", **conv), job("ov", backend="openvino", options={"INFERENCE_PRECISION_HINT": "f32"}, **conv),
+        job("tvm", backend="tvm", timing="kernel"), job("cpu", timing="cpu"),
+    ])
+    cp = run_runner(bundle)
+    assert cp.returncode == 1, cp.stderr  # two jobs fail, alone
+    ort, ov, tvm, bad = read_results(bundle)
+    for r in (ort, ov):
+        assert r.ok, r.error
+        assert len(r.times_ms) == 20 and all(t >= 0 for t in r.times_ms)
+        t = r.env["timing"]
+        assert t["mode"] == "kernel"
+        # the conv's own work, without the layout conversions and call overhead the run pays
+        assert 0 < float(np.median(r.times_ms)) < t["wall_median_ms"]
+    assert not tvm.ok and "kernel timing is not available for tvm" in tvm.error
+    assert not bad.ok and "unknown timing 'cpu'" in bad.error
+    assert not list(Path(bundle).rglob("ort_*.json"))  # ONNX Runtime's trace files are removed
+
+
+def test_ort_kernel_times_sum_each_runs_nodes_without_layout_conversions():
+    ev = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100},
+          {"cat": "Node", "name": "ReorderInput_kernel_time", "ts": 1, "dur": 30, "args": {"op_name": "ReorderInput"}},
+          {"cat": "Node", "name": "conv_kernel_time", "ts": 40, "dur": 50, "args": {"op_name": "Conv"}},
+          {"cat": "Node", "name": "conv_fence_before", "ts": 39, "dur": 1, "args": {"op_name": "Conv"}},
+          {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
+          {"cat": "Node", "name": "conv_kernel_time", "ts": 210, "dur": 70, "args": {"op_name": "Conv"}},
+          {"cat": "Node", "name": "ReorderOutput_kernel_time", "ts": 281, "dur": 9, "args": {"op_name": "ReorderOutput"}}]
+    assert R.ort_kernel_times(np, ev, 2) == [0.05, 0.07]
+    assert R.ort_kernel_times(np, ev, 1) == [0.07]  # the last n runs: the timed series, not the warm-up

@@ -72,7 +72,7 @@ def print_profile(result, target_name: str) -> None:
                      cands or None, chk])
     k = result.key
     table(f"Latency table: {result.model} on {target_name} / device {k.device} / {k.backend} {k.backend_version}, "
-          f"{k.threads} thread(s)",
+          f"{k.threads} thread(s), {k.timing} timing",
           ["layer", "kind", "shape", "varies", "ms (full)", "points", "steps at (fast side)", "candidates", "2-D check"],
           rows, right={4, 5, 8})
     p = result.predictor

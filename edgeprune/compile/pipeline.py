@@ -64,6 +64,11 @@ class BenchSettings:
     #: default for compile, whose artifacts are few and long-timed; on for noisy devices
     steady_gate: bool = False
 
+    @property
+    def gate(self) -> dict[str, Any] | None:
+        """``BenchJob.gate`` for these settings (``{}`` = the gate with its defaults)."""
+        return {} if self.steady_gate else None
+
 
 @dataclass(frozen=True)
 class CompileOptions:
@@ -301,7 +306,7 @@ def compile_model(
             min_runs=s.min_runs,
             min_time_s=s.min_time_s,
             max_time_s=s.max_time_s,
-            gate={} if s.steady_gate else None,
+            gate=s.gate,
         )
         for name, art in artifacts.items()
     ]
