@@ -314,7 +314,11 @@ sshd_pid() {
   [ -f "$f" ] || return 1
   local pid
   pid="$(cat "$f")"
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  # a stale pid file (board killed with its session) may name a reused pid: it must be our sshd
+  local cmd
+  cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  case "$cmd" in *"sshd -f $SSHD_CONFIG"*) echo "$pid" ;; *) return 1 ;; esac
 }
 
 start() {

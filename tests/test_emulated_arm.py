@@ -50,7 +50,10 @@ def emulated_board():
         if os.geteuid() != 0:
             pytest.skip("the emulated board is not running and starting it needs root: "
                         "sudo scripts/emulated-device.sh rpi4 start")
-        subprocess.run(["bash", str(SCRIPT), "rpi4", "start"], check=True, capture_output=True, timeout=600)
+        cp = subprocess.run(["bash", str(SCRIPT), "rpi4", "start"], capture_output=True, text=True, timeout=600)
+        if cp.returncode != 0:  # say why: a bare CalledProcessError hides the script's own message
+            pytest.fail(f"emulated-device.sh rpi4 start exited {cp.returncode}: "
+                        + " | ".join((cp.stderr or cp.stdout).strip().splitlines()[-5:]))
         started = True
     yield DEVICES
     if started:
