@@ -24,7 +24,7 @@ reference layer's unit are in the JSON (``reference_unit``).
 
 Usage: python benchmarks/lut_accuracy.py [--models resnet18,mobilenetv2,digits-cnn]
        [--backends onnxruntime,openvino] [--variants 20] [--any-widths 0] [--cache-dir DIR]
-       [--json FILE]
+       [--timing auto|kernel|wall] [--calibration-variants 6] [--json FILE]
 """
 
 from __future__ import annotations
