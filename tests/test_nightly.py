@@ -191,6 +191,7 @@ def test_nightly_runs_stores_judges_and_reports(tmp_path):
     grown = json.loads(res.stdout)
     assert all(c["regression"] for c in grown["cells"])
     assert all(c["verdicts"][0]["verdict"] == "SLOWER" and c["verdicts"][0]["ratio"] > 1.3 for c in grown["cells"])
+    assert all(c["verdicts"][0]["data"]["attempts"] == 2 for c in grown["cells"])  # confirmed before reported
     suite = ET.parse(rep / "junit.xml").getroot().find("testsuite")
     assert suite.get("failures") == "2"
 

@@ -73,6 +73,11 @@ class CellOutcome:
         lat = self.latency
         return lat is not None and lat.verdict == Verdict.UNKNOWN.value
 
+    @property
+    def slower(self) -> bool:
+        lat = self.latency
+        return lat is not None and lat.verdict == Verdict.SLOWER.value
+
 
 def baseline_for(store: ResultsStore, current: Measurement, run_id: int, policy: Policy) -> tuple[list[Measurement], str]:
     """(baseline measurements, description) for a measured cell."""

@@ -22,7 +22,9 @@ Execution: devices run in parallel (one thread each); the cells of one device ru
 a time. Every ``kind: local`` device is this machine, so a host-wide lock lets only one
 of them (in any process) time at once; SSH boards have their own per-board lock. Every cell is stored the moment it is
 measured. An UNKNOWN latency verdict triggers up to ``max_remeasure`` new measurements of
-that cell (the artifact is reused), judged together with the first.
+that cell (the artifact is reused), judged together with the first; a first SLOWER verdict
+is confirmed by one such measurement before it is reported (a slow episode of a shared
+machine then has to last across two runner processes to page anyone).
 
 Exit status (:attr:`NightlyResult.exit_code`): 0 nothing regressed, 1 a latency,
 accuracy or parity regression, 2 the run itself failed (a cell could not be measured,
@@ -427,8 +429,10 @@ class NightlyRunner:
         self.store.add_measurement(self.run_id, first)  # type: ignore[arg-type]
         attempts = [first]
         outcome = judge(self.store, self.run_id, attempts, self.policy)  # type: ignore[arg-type]
-        while outcome.unknown and len(attempts) <= self.policy.max_remeasure and not self.stop.is_set():
-            self._say(cell, f"{cell.name}: {outcome.latency.detail.split(';')[0]} -> measuring again "  # type: ignore[union-attr]
+        while (outcome.unknown or (outcome.slower and len(attempts) == 1)) \
+                and len(attempts) <= self.policy.max_remeasure and not self.stop.is_set():
+            why = "confirming" if outcome.slower else "measuring again"
+            self._say(cell, f"{cell.name}: {outcome.latency.detail.split(';')[0]} -> {why} "  # type: ignore[union-attr]
                             f"({len(attempts)}/{self.policy.max_remeasure})")
             again = self._remeasure(cell, device, out_dir, first, len(attempts), local)
             if again is None:
