@@ -400,5 +400,5 @@ def test_ort_kernel_times_sum_each_runs_nodes_without_layout_conversions():
           {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
           {"cat": "Node", "name": "conv_kernel_time", "ts": 210, "dur": 70, "args": {"op_name": "Conv"}},
           {"cat": "Node", "name": "ReorderOutput_kernel_time", "ts": 281, "dur": 9, "args": {"op_name": "ReorderOutput"}}]
-    assert R.ort_kernel_times(np, ev, 2) == [0.05, 0.07]
-    assert R.ort_kernel_times(np, ev, 1) == [0.07]  # the last n runs: the timed series, not the warm-up
+    assert R.ort_kernel_times(ev, 2) == [0.05, 0.07]
+    assert R.ort_kernel_times(ev, 1) == [0.07]  # the last n runs: the timed series, not the warm-up

@@ -348,7 +348,7 @@ OV_BOUNDARY_NODES = ("Reorder", "Convert", "Parameter", "Result", "Input", "Outp
 ORT_BOUNDARY_OPS = ("ReorderInput", "ReorderOutput")
 
 
-def ort_kernel_times(np, events, n):
+def ort_kernel_times(events, n):
     """Per-run ms of ONNX Runtime's node kernels (less ORT_BOUNDARY_OPS) for the last
     ``n`` ``model_run`` events of a profile (chrome-trace events, times in us)."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
@@ -420,8 +420,6 @@ class OrtModel(Model):
     def kernel_times(self, n):
         if self.profile_dir is None:
             return Model.kernel_times(self, n)
-        import numpy as np
-
         path = self.sess.end_profiling()
         try:
             with open(path) as f:
@@ -429,7 +427,7 @@ class OrtModel(Model):
         finally:
             shutil.rmtree(self.profile_dir, ignore_errors=True)
             self.profile_dir = None
-        return ort_kernel_times(np, events, n)
+        return ort_kernel_times(events, n)
 
     def close(self):
         self.sess = None

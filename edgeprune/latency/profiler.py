@@ -299,6 +299,7 @@ class BundleMeasurer:
     def _run_chunk(self, chunk: list[Job], rounds: int, min_runs: int, min_time_s: float
                    ) -> tuple[dict[str, Timing], dict[str, str]]:
         s = self.settings
+        by_job = {j.key: j for j in chunk}
         root = s.keep_bundles
         if root is not None:
             root.mkdir(parents=True, exist_ok=True)
@@ -331,14 +332,12 @@ class BundleMeasurer:
             has_ref = REFERENCE_KEY in built and bool(points)
             bench_jobs: list[BenchJob] = []
 
-            timing_of = {j.key: j.timing for j in chunk}
-
             def add(k: str, job_id: str, runs: int, secs: float) -> None:
                 art, opts, inp = built[k]
                 bench_jobs.append(BenchJob(
                     id=job_id, backend=self.backend.name, artifact=art, inputs=inp, threads=self.threads,
                     options=opts, warmup=s.warmup, min_runs=runs, min_time_s=secs, max_time_s=s.max_time_s,
-                    gate=self._gate_config(), timing=timing_of[k],
+                    gate=self._gate_config(), timing=by_job[k].timing,
                 ))
 
             for r in range(rounds):
@@ -370,7 +369,6 @@ class BundleMeasurer:
         local_ref = self._local_references(bench_jobs, results, keys)
         timings: dict[str, Timing] = {}
         ratios = []
-        by_job = {j.key: j for j in chunk}
         for k, rs in per_key.items():
             good = [r for r in rs if r.ok and r.times_ms]
             if not good:
