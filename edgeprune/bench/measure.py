@@ -1,0 +1,110 @@
+"""``measure``: time a bundle's jobs on one or more devices, in interleaved rounds.
+
+This is the one way edgeprune times anything on a device: ``compile`` and ``bench``,
+fleet runs over several boards, nightly re-measurement, the latency profiler's layer
+bundles and every script in ``benchmarks/`` call :func:`measure` (or, for a single
+device, :func:`measure_on`). It writes the manifest, expands the jobs into rounds
+(:mod:`edgeprune.bench.rounds`), runs the device's executor and folds the rounds back.
+
+A device that fails is recorded in its :class:`Measurements` (``error``) and the
+others carry on: one unreachable board never throws away another's numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeprune.bench import rounds as _rounds
+from edgeprune.bench.bundle import BenchJob, JobResult, write_manifest
+from edgeprune.bench.devices import executor_for
+from edgeprune.config.devices import Device
+from edgeprune.errors import EdgepruneError
+
+Log = Callable[[str], None]
+
+
+def _quiet(msg: str) -> None:
+    pass
+
+
+@dataclass
+class Bundle:
+    """A deploy bundle on the host: its folder and the jobs its manifest will hold."""
+
+    dir: Path
+    jobs: list[BenchJob] = field(default_factory=list)
+
+    def write(self) -> Path:
+        return write_manifest(self.dir, self.jobs)
+
+
+@dataclass
+class Measurements:
+    """What one device measured: one merged result per job id, and per-round medians."""
+
+    device: Device
+    results: dict[str, JobResult] = field(default_factory=dict)
+    round_medians: dict[str, list[float]] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def measure_on(device: Device, bundle: Bundle, *, rounds: int = 1, timeout_s: float = 1800.0,
+               only: Sequence[str] | None = None, log: Log = _quiet) -> Measurements:
+    """Run ``bundle`` on ``device`` in ``rounds`` interleaved rounds.
+
+    Device errors are raised (a caller timing one device wants to know at once); use
+    :func:`measure` for several devices, where they are recorded instead.
+    """
+    jobs = _rounds.expand(bundle.jobs, rounds)
+    write_manifest(bundle.dir, jobs)
+    n = len({_rounds.base_id(j.id) for j in jobs})
+    k = len(jobs) // max(n, 1)
+    log(f"benchmarking {n} artifact(s) on device '{device.name}'" + (f" in {k} interleaved rounds" if k > 1 else "")
+        + " ...")
+    wanted = None
+    if only:
+        keep = set(only)
+        wanted = [j.id for j in jobs if _rounds.base_id(j.id) in keep]
+    raw = executor_for(device).run_bundle(bundle.dir, timeout_s=timeout_s, only=wanted)
+    merged, medians = _rounds.merge({r.id: r for r in raw})
+    return Measurements(device=device, results=merged, round_medians=medians)
+
+
+def measure(bundles: dict[str, Bundle] | Bundle, devices: Sequence[Device], *, rounds: int = 1,
+            timeout_s: float = 1800.0, log: Log = _quiet, max_parallel: int | None = None
+            ) -> dict[str, Measurements]:
+    """Measure on every device in parallel (one thread per device; each executor keeps
+    its board to one run at a time). ``bundles`` is one bundle for all devices or one
+    per device name (a bundle folder is written by the run, so parallel devices each
+    need their own). Returns measurements by device name; failures are recorded."""
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise EdgepruneError(f"device given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    per_device = bundles if isinstance(bundles, dict) else {d.name: bundles for d in devices}
+    if len(devices) > 1 and len({id(per_device[d.name]) for d in devices}) < len(devices):
+        raise ValueError("measure: several devices need one bundle folder each")
+    log_lock = threading.Lock()
+
+    def run(dev: Device) -> Measurements:
+        def dlog(msg: str) -> None:
+            with log_lock:
+                log(f"[{dev.name}] {msg}" if len(devices) > 1 else msg)
+
+        try:
+            return measure_on(dev, per_device[dev.name], rounds=rounds, timeout_s=timeout_s, log=dlog)
+        except EdgepruneError as exc:
+            dlog(f"benchmark failed: {exc}")
+            return Measurements(device=dev, error=str(exc))
+
+    if len(devices) == 1:
+        return {devices[0].name: run(devices[0])}
+    with ThreadPoolExecutor(max_workers=max_parallel or len(devices)) as pool:
+        return {m.device.name: m for m in pool.map(run, devices)}
