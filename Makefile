@@ -1,12 +1,13 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - create .venv, install, compile + benchmark the built-in demo model
 #   make test   - create .venv, install, run the test suite (what .ci/run calls)
+#   make test-wheel - build a wheel, install it into a fresh venv, run it outside the checkout
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 DEB_PKGS := g++-aarch64-linux-gnu openssh-server
 
-.PHONY: setup system-deps demo test test-slow test-arm emulated-device bench clean
+.PHONY: setup system-deps demo test test-wheel test-slow test-arm emulated-device bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +31,12 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The package as users get it: a wheel in a fresh venv, `edgeprune targets` and a small
+# compile from a folder outside the checkout (tests/test_wheel.py; about a minute with the zoo
+# model already trained, which `make test` does).
+test-wheel: setup
+	$(PY) -m pytest -q -m slow tests/test_wheel.py
 
 # Long real work (tuning, emulated ARM device, full benchmarks); CI runs a small form of it.
 test-slow: setup

@@ -6,8 +6,8 @@ target is built and timed in one run, through the same on-device runner as
 measured side by side are the figure.
 
 Roofline fraction = achieved FLOP/s (2 x MACs / median latency) / theoretical fp32 peak,
-where peak = cores x GHz (from /proc/cpuinfo) x FMA units x fp32 lanes per unit x 2,
-as declared in targets/host.yaml.
+where peak = cores x nominal GHz x FMA units x fp32 lanes per unit x 2, detected from
+this machine's CPU flags (edgeprune/host.py; the line printed says how).
 
 Usage: python benchmarks/backends.py [--models resnet18,mobilenetv2,digits-cnn] [--out DIR]
 """
@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgeprune.compile.pipeline import BenchSettings, CompileOptions, compile_model
+from edgeprune.bench.settings import BenchSettings
+from edgeprune.flows.compile import CompileOptions, compile_model
 from edgeprune.config.devices import LOCAL
 from edgeprune.config.targets import get_target
 from edgeprune.models.spec import load_model
@@ -39,8 +40,7 @@ def main() -> int:
         s = compile_model(model, target, LOCAL, out_root / name, CompileOptions(bench=settings), log=lambda m: print(m, file=sys.stderr))
         for b in s.backends:
             rows.append((name, b))
-    print(f"\nhost peak fp32: {target.peak_gflops():.1f} GFLOP/s ({target.num_cores()} cores x {target.clock():.2f} GHz x "
-          f"{target.fma_units} FMA x {target.vector_bits // 32} lanes x 2)")
+    print(f"\nhost peak fp32: {target.peak_description()}")
     print(f"{'model':<12} {'backend':<12} {'median ms':>10} {'vs ORT':>8} {'ORT/x':>7} {'roofline':>9} {'parity':>8} {'build s':>8}")
     for name, b in rows:
         if b.latency_ms is None:

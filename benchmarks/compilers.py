@@ -6,9 +6,10 @@ Models: resnet18, mobilenetv2 (random weights: latency only) and a pruned digits
 (pruned to --prune-budget of its latency with the pruning stage; if pruning is not
 available or fails, the unpruned digits-cnn, and the output says so).
 
-Every variant of a model is built into ONE bundle and timed by the same on-device runner
-in the same session, round after round (``--rounds``, job order rotated each round), so
-the ratios compare like with like on a shared, noisy machine. ``auto`` decides on the
+Every variant of a model is built into ONE bundle by the library's ``prepare`` and timed
+by ``measure`` (the on-device runner, ``--rounds`` interleaved rounds, job order rotated
+each round), exactly as ``compile`` times its artifacts, so the ratios compare like with
+like on a shared, noisy machine. ``auto`` decides on the
 first ``--decide-rounds`` rounds exactly as ``edgeprune compile --rounds N`` does (fastest
 artifact that passed parity and accuracy, by the fast state of its round medians); the later
 rounds are held out and show how its pick fares against the best single backend there
@@ -27,6 +28,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -36,18 +38,18 @@ from typing import Any
 
 import numpy as np
 
-from edgeprune.bench.bundle import BenchJob
-from edgeprune.bench.io import save_arrays, save_eval
-from edgeprune.bench.rounds import SEP, fast_state_ms, merge, rounds_faster
+from edgeprune.bench.measure import Measurements, measure
+from edgeprune.bench.rounds import fast_state_ms, rounds_faster
+from edgeprune.bench.settings import BenchSettings
 from edgeprune.bench.stats import LatencyStats
 from edgeprune.compile.analysis import graph_cost
-from edgeprune.compile.backends import get_backend
 from edgeprune.compile.export import export_onnx
-from edgeprune.compile.pipeline import (BenchSettings, CompileOptions, build_int8_artifacts, choose_backend,
-                                        reference_accuracy, reference_outputs, run_bundle)
-from edgeprune.compile.quantize import INT8_OUTPUT_REL_TOL, INT8_PARITY_RULE
+from edgeprune.compile.prepare import PrepareOptions, Prepared, Variant, prepare
+from edgeprune.compile.quantize import INT8_PARITY_RULE
+from edgeprune.compile.summarize import backend_results, choose_backend
 from edgeprune.compile.summary import BackendResult
-from edgeprune.compile.tuning import TuneSettings, TuningDatabase, parse_duration, tune_model
+from edgeprune.compile.backends.tvm import TuneSettings, TuningDatabase, tune_model
+from edgeprune.durations import parse_duration
 from edgeprune.config.devices import LOCAL
 from edgeprune.config.targets import Target, get_target
 from edgeprune.models.base import LoadedModel
@@ -70,7 +72,8 @@ def load(name: str, prune_budget: float) -> tuple[LoadedModel, str]:
         return load_model(f"zoo:{name}", log=log), ""
     base = load_model("zoo:digits-cnn", log=log)
     try:
-        from edgeprune.prune.api import PruneOptions, prune_model, pruned_loaded_model
+        from edgeprune.flows.prune import prune_model
+        from edgeprune.prune.options import PruneOptions, pruned_loaded_model
     except ImportError as exc:
         return base, f"pruning unavailable ({exc}): the UNPRUNED digits-cnn is measured"
     try:
@@ -91,81 +94,50 @@ def tuning_spent(db: TuningDatabase, model_name: str) -> tuple[float, int, int]:
             len(sessions))
 
 
-def build_all(model: LoadedModel, onnx: Path, target: Target, bundle: Path, threads: int) -> tuple[dict, dict]:
-    """Every variant's artifact (name -> Artifact) and build errors (name -> message)."""
-    arts, errors = {}, {}
+UNTUNED = "untuned:"
+
+
+def measure_variants(model: LoadedModel, exp, target: Target, work: Path, settings: BenchSettings,
+                     rounds: int) -> tuple[Prepared, Measurements]:
+    """Every variant built into one bundle by the library (``prepare``: ONNX Runtime,
+    OpenVINO, tuned TVM, INT8, and TVM with its tuning records off as a second variant)
+    and timed by ``measure`` in ``rounds`` interleaved rounds, as ``compile`` does."""
     untuned = target.model_copy(update={"backend_options": {
         **target.backend_options, "tvm": {**target.options_for("tvm"), "tuning": "off"}}})
-    for name, backend, tgt in (("onnxruntime", "onnxruntime", target), ("openvino", "openvino", target),
-                               ("tvm-untuned", "tvm", untuned), ("tvm", "tvm", target)):
-        log(f"  building {name} ...")
-        try:
-            arts[name] = get_backend(backend).build(onnx, tgt, bundle / name, threads=threads)
-        except Exception as exc:  # noqa: BLE001 - recorded, the others carry on
-            errors[name] = str(exc)
-    build_int8_artifacts(model, onnx, target, ["onnxruntime", "openvino"], bundle, threads,
-                         CompileOptions(quantize="int8"), arts, errors, log)
-    return arts, errors
+    variants = [Variant(model=model, exported=exp),
+                Variant(model=model, prefix=UNTUNED, backends=("tvm",), target=untuned, quantize=False, exported=exp)]
+    opts = PrepareOptions(backends=tuple(AUTO_CANDIDATES), bench=settings, quantize="int8")
+    prepared = prepare(variants, target, work, opts, log)
+    measured = measure(prepared.bundle, [LOCAL], rounds=rounds, timeout_s=settings.timeout_s, log=log)[LOCAL.name]
+    return prepared, measured
 
 
-def measure(model: LoadedModel, onnx: Path, target: Target, arts: dict, bundle: Path, threads: int,
-            settings: BenchSettings, rounds: int) -> list[dict[str, Any]]:
-    """Time every artifact ``rounds`` times in one runner session per round; raw job results per round."""
-    expected = reference_outputs(model, onnx)
-    save_arrays(bundle / "data" / "inputs.npz", "in", model.example_inputs)
-    save_arrays(bundle / "data" / "expected.npz", "out", expected)
-    scale = max(float(np.max(np.abs(e))) for e in expected)
-    tol = 1e-4 + 1e-3 * scale
-    has_eval = model.data is not None and save_eval(bundle / "data" / "eval.npz", model.data.val, model.batch_size) > 0
-    names = list(arts)
-    out = []
+def variant_results(prepared: Prepared, measured: Measurements) -> dict[str, BackendResult]:
+    """One merged BackendResult per variant name of FP32 + INT8 (all rounds' times, the
+    round medians, parity and accuracy from round 1), as ``compile`` summarizes."""
+    rows = {b.name: b for b in backend_results(prepared, measured, True)}
+    untuned = prepared.variant(UNTUNED)
+    if untuned is not None:
+        for b in backend_results(prepared, measured, True, untuned):
+            rows[f"{b.name}-untuned"] = dataclasses.replace(b, name=f"{b.name}-untuned")
+    return {n: rows.get(n) or BackendResult(name=n, artifact=None, error="not built") for n in FP32 + INT8}
+
+
+def round_tables(rows: dict[str, BackendResult], rounds: int) -> list[list[BackendResult]]:
+    """The merged results split back into one table per round (each row's latency is
+    that round's median), for the per-round columns and the held-out checks."""
+    tables = []
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]  # rotate: no variant always runs first
-        jobs = [BenchJob(id=n, backend=arts[n].backend, artifact=str(arts[n].path.relative_to(bundle)),
-                         inputs="data/inputs.npz", expected="data/expected.npz",
-                         eval="data/eval.npz" if has_eval and r == 0 else None,
-                         task=model.data.task if model.data else None,
-                         tolerance=INT8_OUTPUT_REL_TOL * scale if n.endswith("-int8") else tol, threads=threads,
-                         options=arts[n].options, warmup=settings.warmup, min_runs=settings.min_runs,
-                         min_time_s=settings.min_time_s, max_time_s=settings.max_time_s,
-                         gate=settings.gate)
-                for n in order]
-        (bundle / "results.jsonl").unlink(missing_ok=True)
-        log(f"  round {r + 1}/{rounds}: timing {len(jobs)} artifacts ...")
-        out.append(run_bundle(LOCAL, bundle, jobs, settings.timeout_s, log))
-    return out
-
-
-def results_of(round_results: dict, arts: dict, errors: dict, first: dict | None = None) -> list[BackendResult]:
-    rows = []
-    for n in FP32 + INT8:
-        br = BackendResult(name=n, artifact=str(arts[n].path) if n in arts else None,
-                           build_seconds=getattr(arts.get(n), "build_seconds", None),
-                           precision="int8" if n in INT8 else "fp32", notes=list(getattr(arts.get(n), "notes", [])))
-        jr = round_results.get(n)
-        if n not in arts:
-            br.error = errors.get(n, "not built")
-        elif jr is None or not jr.ok or not jr.times_ms:
-            br.error = (jr.error if jr else None) or "not run"
-        else:
-            br.latency_ms = LatencyStats.from_times(jr.times_ms)
-            br.runs = len(jr.times_ms)
-            src = first.get(n) if first else jr  # parity and accuracy come from round 1
-            br.verified, br.max_abs_diff, br.accuracy = src.verified, src.max_abs_diff, src.accuracy
-        rows.append(br)
-    return rows
-
-
-def decision_results(per_round: list[dict], arts: dict, errors: dict) -> dict[str, BackendResult]:
-    """One BackendResult per variant from the decision rounds, folded exactly as `compile
-    --rounds k` folds its interleaved rounds (``bench.rounds.merge``): every round's times,
-    the round medians, parity and accuracy from round 1."""
-    joined = {(n if i == 0 else f"{n}{SEP}{i + 1}"): jr for i, rr in enumerate(per_round) for n, jr in rr.items()}
-    merged, medians = merge(joined)
-    out = {b.name: b for b in results_of(merged, arts, errors)}
-    for b in out.values():
-        b.round_medians_ms = medians.get(b.name, []) if b.ok else []
-    return out
+        table = []
+        for n in FP32 + INT8:
+            b = rows[n]
+            if b.ok and r < len(b.round_medians_ms):
+                table.append(dataclasses.replace(b, latency_ms=LatencyStats.from_times([b.round_medians_ms[r]]),
+                                                 round_medians_ms=[b.round_medians_ms[r]], speedup_vs_reference=None))
+            else:
+                table.append(dataclasses.replace(b, latency_ms=None, error=b.error or f"round {r + 1} missing"))
+        tables.append(table)
+    return tables
 
 
 def held_out_checks(tables: list[list[BackendResult]], k: int, choice: str | None) -> dict[str, Any]:
@@ -207,11 +179,9 @@ def bench_model(name: str, args, target: Target, root: Path) -> dict[str, Any]:
     work = root / name
     if work.exists():
         shutil.rmtree(work)
-    bundle = work / "bundle"
-    bundle.mkdir(parents=True)
+    work.mkdir(parents=True)
     exp = export_onnx(model, work / "model.onnx")
     cost = graph_cost(exp.path)
-    threads = target.num_cores()
 
     db = TuningDatabase.for_target(target)
     trials = dict(args.model_trials).get(name, args.trials)
@@ -222,15 +192,16 @@ def bench_model(name: str, args, target: Target, root: Path) -> dict[str, Any]:
                                  db=db, model_name=model.name, log=log)
     seconds, tuned_trials, sessions = tuning_spent(db, model.name)
 
-    arts, errors = build_all(model, exp.path, target, bundle, threads)
-    settings = BenchSettings(warmup=3, min_runs=args.min_runs, min_time_s=args.min_time, max_time_s=args.max_time,
-                             steady_gate=args.steady_gate)
-    per_round = measure(model, exp.path, target, arts, bundle, threads, settings, args.rounds)
+    # per round: the requested time and runs (measure splits them over the rounds)
+    settings = BenchSettings(warmup=3, min_runs=args.min_runs * args.rounds, min_time_s=args.min_time * args.rounds,
+                             max_time_s=args.max_time * args.rounds, steady_gate=args.steady_gate)
+    prepared, measured = measure_variants(model, exp, target, work, settings, args.rounds)
     (work / "raw-rounds.json").write_text(json.dumps(  # kept even if the analysis below fails
-        [{k: v.to_dict() for k, v in rr.items()} for rr in per_round], default=str))
-    first = per_round[0]
-    tables = [results_of(rr, arts, errors, first) for rr in per_round]
-    ref_acc = reference_accuracy(model)
+        {"results": {k: v.to_dict() for k, v in measured.results.items()}, "round_medians": measured.round_medians,
+         "error": measured.error}, default=str))
+    merged = variant_results(prepared, measured)
+    tables = round_tables(merged, args.rounds)
+    ref_acc = prepared.deployed.accuracy
 
     peak = target.peak_gflops() * 1e9
     flops = 2 * cost.macs
@@ -244,7 +215,7 @@ def bench_model(name: str, args, target: Target, root: Path) -> dict[str, Any]:
     # auto decides on the first --decide-rounds rounds, over what compile would build (untuned TVM is not an
     # option once tuned), exactly as `compile` does with its interleaved rounds; the later rounds are held out
     k = max(1, min(args.decide_rounds, len(tables) - 1 if len(tables) > 1 else 1))
-    decide = decision_results(per_round[:k], arts, errors)
+    decide = {n: dataclasses.replace(b, round_medians_ms=b.round_medians_ms[:k]) for n, b in merged.items()}
     fp32_choice, fp32_reason = choose_backend([decide[n] for n in AUTO_CANDIDATES], ref_acc, 1.0)
     all_choice, all_reason = choose_backend([decide[n] for n in AUTO_CANDIDATES + INT8], ref_acc, 1.0)
     checks = held_out_checks(tables, k, fp32_choice)
@@ -269,8 +240,7 @@ def bench_model(name: str, args, target: Target, root: Path) -> dict[str, Any]:
 def markdown(results: list[dict[str, Any]], target: Target, args) -> str:
     lines = [
         "# Compilers on this host: ORT vs OpenVINO vs TVM (untuned / MetaSchedule-tuned) vs INT8", "",
-        f"Host peak fp32: {target.peak_gflops():.1f} GFLOP/s ({target.num_cores()} cores x {target.clock():.2f} GHz x "
-        f"{target.fma_units} FMA x {target.vector_bits // 32} lanes x 2). `vs ORT` = median / ONNX Runtime median "
+        f"Host peak fp32: {target.peak_description()}. `vs ORT` = median / ONNX Runtime median "
         "(lower is faster; same runner session). Roofline = 2 x MACs / median / fp32 peak (INT8 rows too: the int8 "
         "peak is higher). " + INT8_PARITY_RULE + ".", "",
     ]

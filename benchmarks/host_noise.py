@@ -1,4 +1,4 @@
-"""What kind of noise does this machine have? (the evidence behind ``latency.lut.robust_ms``)
+"""What kind of noise does this machine have? (the evidence behind ``latency.entry.robust_ms``)
 
 Cycles, for ``--seconds``, through short timed series (~0.08 s each, ONNX Runtime) of
 
@@ -38,10 +38,10 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
-from edgeprune.bench.runner import gate_probe_ms
+from edgeprune.runner.gate import gate_probe_ms
 from edgeprune.compile.export import export_onnx
 from edgeprune.latency.layers import write_layer_onnx
-from edgeprune.latency.profiler import REFERENCE_LAYER
+from edgeprune.latency.layer_bundle import REFERENCE_LAYER
 from edgeprune.models.spec import load_model
 
 

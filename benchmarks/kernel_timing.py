@@ -8,7 +8,7 @@ model, each timed both ways in interleaved rounds:
 * wall:   each run's wall-clock time (what a standalone graph costs: per-call overhead and
           the conversions of its NCHW float input/output to the runtime's layout included);
 * kernel: the sum of the runtime's per-node counters less layout conversions and graph
-          boundaries (runner.OV_BOUNDARY_NODES / ORT_BOUNDARY_OPS).
+          boundaries (edgeprune.runner.timing.OV_BOUNDARY_NODES / ORT_BOUNDARY_OPS).
 
 Printed: sum over layers / model, for each mode. Additivity means a ratio near 1 for the
 layers' share of the model; the wall ratio shows what a wall-clock table double-counts.
@@ -19,12 +19,16 @@ Usage: python benchmarks/kernel_timing.py [--model mobilenetv2] [--backends open
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from edgeprune.config.devices import LOCAL
 from edgeprune.config.targets import get_target
+from edgeprune.latency.layer_bundle import Job
 from edgeprune.latency.layers import input_shapes, make_inputs, write_layer_onnx
-from edgeprune.latency.profiler import BundleMeasurer, Job, ProfileSettings, space_of, variant_job
+from edgeprune.latency.measurer import BundleMeasurer
+from edgeprune.latency.settings import ProfileSettings
+from edgeprune.latency.variants import space_of, variant_job
 from edgeprune.models.spec import load_model
 
 
@@ -56,7 +60,8 @@ def main() -> int:
             m.timing = mode
             jobs.append(m)
         measurer = BundleMeasurer(target, LOCAL, backend, settings, log=lambda msg: print(msg, file=sys.stderr))
-        timings, errors = measurer.measure(jobs, args.rounds, 10, 0.05, reference=False)
+        series = dataclasses.replace(settings.series(), min_runs=10, min_time_s=0.05)
+        timings, errors = measurer.measure(jobs, args.rounds, series, reference=False)
         if errors:
             print(f"{backend}: {len(errors)} job(s) failed, e.g. {next(iter(errors.items()))}")
             continue

@@ -39,9 +39,11 @@ from pathlib import Path
 
 from edgeprune.config.devices import LOCAL
 from edgeprune.config.targets import get_target
+from edgeprune.flows.profile import profile_model, validate
 from edgeprune.latency.grid import GridSettings
-from edgeprune.latency.profiler import ProfileSettings, profile_model, space_of, validate
+from edgeprune.latency.settings import ProfileSettings
 from edgeprune.latency.store import LUTStore
+from edgeprune.latency.variants import space_of
 from edgeprune.models.spec import load_model
 
 

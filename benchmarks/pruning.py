@@ -8,9 +8,9 @@ For each model (digits-cnn, lstm-digits, mlp-recsys, digits-resnet by default):
    ``greedy`` (NetAdapt-like, L1) prune to each latency budget (fractions of the
    original's predicted latency) and fine-tune with the same recipe;
 3. every pruned model and the original are exported to ONNX and timed with ONNX
-   Runtime in one interleaved session (``rounds`` rounds, each visiting every model in a
-   random order; a model's latency is the median of its round medians), so load from
-   other processes hits all of them alike;
+   Runtime by the library's own ``prepare`` + ``measure`` (one bundle, the on-device
+   runner, ``rounds`` interleaved rounds in rotated order; a model's latency is the
+   median of its round medians), so load from other processes hits all of them alike;
 4. accuracy is on the full validation split.
 
 Reported, per model:
@@ -70,37 +70,34 @@ def parse_label(label: str) -> tuple[str, str, int]:
     return strategy, importance or IMPORTANCE[strategy], steps
 
 
-def measure_interleaved(paths: dict[str, Path], inputs: list[np.ndarray], names: list[str], threads: int,
-                        rounds: int, min_time: float, seed: int = 0) -> dict[str, dict]:
-    """Median-of-round-medians latency (ms) of every ONNX file, measured in interleaved rounds."""
-    import onnxruntime as ort
+def measure_interleaved(paths: dict[str, Path], work: Path, target, device, rounds: int,
+                        min_time: float) -> dict[str, dict]:
+    """Median-of-round-medians latency (ms) of every ONNX file, measured in interleaved
+    rounds through the library: each file is a variant of one bundle
+    (:func:`edgeprune.compile.prepare.prepare`, ONNX Runtime artifacts) and
+    :func:`edgeprune.bench.measure.measure` times them on ``device`` in ``rounds``
+    rotated rounds, exactly as ``compile`` times its artifacts."""
+    from edgeprune.bench.measure import measure
+    from edgeprune.bench.settings import BenchSettings
+    from edgeprune.compile.prepare import PrepareOptions, Variant, prepare
+    from edgeprune.models.spec import load_model
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sessions = {k: ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
-    feed = dict(zip(names, inputs))
-    for s in sessions.values():
-        for _ in range(10):
-            s.run(None, feed)
-    per_round: dict[str, list[float]] = {k: [] for k in sessions}
-    rng = np.random.default_rng(seed)
-    keys = list(sessions)
-    for _ in range(rounds):
-        for i in rng.permutation(len(keys)):
-            k = keys[i]
-            s = sessions[k]
-            times = []
-            t_end = time.perf_counter() + min_time
-            while len(times) < 10 or time.perf_counter() < t_end:
-                t0 = time.perf_counter()
-                s.run(None, feed)
-                times.append((time.perf_counter() - t0) * 1e3)
-            per_round[k].append(float(np.median(times)))
-    return {k: {"median_ms": float(np.median(v)), "rounds_ms": v,
-                "spread": float((max(v) - min(v)) / np.median(v))} for k, v in per_round.items()}
+    variants = [Variant(model=load_model(str(p), log=lambda m: None), prefix=f"{k}:", onnx_name=f"measured-{k}.onnx",
+                        quantize=False) for k, p in paths.items()]
+    settings = BenchSettings(warmup=10, min_runs=10 * rounds, min_time_s=min_time * rounds,
+                             max_time_s=max(30.0, 4 * min_time * rounds), rounds=rounds)
+    prepared = prepare(variants, target, work, PrepareOptions(backends=("onnxruntime",), bench=settings), log)
+    m = measure(prepared.bundle, [device], rounds=rounds, timeout_s=settings.timeout_s, log=log)[device.name]
+    if m.error:
+        raise RuntimeError(f"measurement failed: {m.error}")
+    out = {}
+    for k in paths:
+        v = m.round_medians.get(f"{k}:onnxruntime")
+        if not v:
+            jr = m.results.get(f"{k}:onnxruntime")
+            raise RuntimeError(f"{k} was not measured: {jr.error if jr else 'no result'}")
+        out[k] = {"median_ms": float(np.median(v)), "rounds_ms": v, "spread": float((max(v) - min(v)) / np.median(v))}
+    return out
 
 
 def interp_acc_at(curve: list[tuple[float, float]], lat: float) -> float | None:
@@ -131,11 +128,12 @@ def run_model(name: str, args, target, device) -> dict:
 
     from edgeprune.compile.analysis import graph_cost
     from edgeprune.compile.export import export_onnx
-    from edgeprune.latency.profiler import profile_model
+    from edgeprune.errors import PruneError
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.flows.prune import prune_model
     from edgeprune.models.spec import load_model
     from edgeprune.models.train import evaluate
-    from edgeprune.prune.api import PruneOptions, prune_model, pruned_loaded_model
-    from edgeprune.errors import PruneError
+    from edgeprune.prune.options import PruneOptions, pruned_loaded_model
     from edgeprune.prune.graph import build_space
 
     out = args.out / name
@@ -192,9 +190,7 @@ def run_model(name: str, args, target, device) -> dict:
             log(f"[{name}] {key}: acc {runs[key]['accuracy']:.2f}% (before fine-tune {res.accuracy_after_search:.2f}%), "
                 f"predicted {res.predicted_latency_ms:.3f} ms, {seconds:.0f} s")
     log(f"[{name}] measuring {len(onnx_paths)} ONNX models interleaved ({args.rounds} rounds) ...")
-    threads = target.num_cores()
-    meas = measure_interleaved(onnx_paths, model.example_inputs, model.input_names, threads, args.rounds,
-                               args.min_time, seed=args.seed)
+    meas = measure_interleaved(onnx_paths, out / "measure", target, device, args.rounds, args.min_time)
     orig_ms = meas["original"]["median_ms"]
     orig_cost = graph_cost(onnx_paths["original"])
     for key, r in runs.items():

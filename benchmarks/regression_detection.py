@@ -58,9 +58,10 @@ JOBS = {"A": 1.0, "A2": 1.0, "B3": 1.03, "B5": 1.05, "B10": 1.10}
 
 def collect_pool(args) -> dict:
     """Build the artifact once, then time the five jobs in ``rounds`` runner processes."""
-    from edgeprune.bench.bundle import BenchJob, write_manifest
-    from edgeprune.bench.executor import LocalExecutor
-    from edgeprune.compile.pipeline import BenchSettings, CompileOptions, compile_model
+    from edgeprune.bench.bundle import BenchJob
+    from edgeprune.bench.measure import Bundle, measure_on
+    from edgeprune.bench.settings import BenchSettings
+    from edgeprune.flows.compile import CompileOptions, compile_model
     from edgeprune.config.devices import LOCAL
     from edgeprune.config.targets import get_target
     from edgeprune.models.spec import load_model
@@ -78,7 +79,6 @@ def collect_pool(args) -> dict:
         raise SystemExit(f"could not build/run the artifact: {b.error}")
     bundle = out / "bundle"
     base = json.loads((bundle / "manifest.json").read_text())["jobs"][0]
-    executor = LocalExecutor()
     rng = random.Random(args.seed)
     rounds = []
     t0 = time.monotonic()
@@ -86,8 +86,7 @@ def collect_pool(args) -> dict:
         names = list(JOBS)
         rng.shuffle(names)
         jobs = [BenchJob.from_dict(base | {"id": n, "inject_slowdown": JOBS[n], "eval": None}) for n in names]
-        write_manifest(bundle, jobs)
-        results = {res.id: res for res in executor.run_bundle(bundle, timeout_s=600)}
+        results = measure_on(LOCAL, Bundle(bundle, jobs), timeout_s=600).results
         bad = [n for n in names if not results[n].ok]
         if bad:
             raise SystemExit(f"round {r}: job(s) {bad} failed: {results[bad[0]].error}")

@@ -18,7 +18,6 @@ import json
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -27,11 +26,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edgeprune.bench.bundle import BenchJob, write_manifest  # noqa: E402
-from edgeprune.bench.executor import LocalExecutor  # noqa: E402
 from edgeprune.bench.io import save_arrays  # noqa: E402
 from edgeprune.bench.loopback import LoopbackSSHD  # noqa: E402
-from edgeprune.bench.ssh import SSHExecutor  # noqa: E402
+from edgeprune.bench.measure import Bundle, measure, measure_on  # noqa: E402
+from edgeprune.bench.settings import BenchSettings  # noqa: E402
+from edgeprune.config.devices import LOCAL  # noqa: E402
 
 
 def mlp_onnx(path: Path, batch: int = 16, width: int = 512, layers: int = 4) -> None:
@@ -52,22 +51,21 @@ def mlp_onnx(path: Path, batch: int = 16, width: int = 512, layers: int = 4) -> 
     onnx.save(model, path)
 
 
-def make_bundle(path: Path, onnx_path: Path, min_time_s: float, max_time_s: float, min_runs: int) -> Path:
+def make_bundle(path: Path, onnx_path: Path, min_time_s: float, max_time_s: float, min_runs: int) -> Bundle:
     import shutil
 
     path.mkdir(parents=True, exist_ok=True)
     shutil.copy(onnx_path, path / "model.onnx")
     save_arrays(path / "data" / "inputs.npz", "in", [np.ones((16, 512), np.float32)])
-    write_manifest(path, [BenchJob(id="mlp", backend="onnxruntime", artifact="model.onnx", inputs="data/inputs.npz",
-                                   threads=1, warmup=20, min_runs=min_runs, min_time_s=min_time_s,
-                                   max_time_s=max_time_s)])
-    return path
+    settings = BenchSettings(warmup=20, min_runs=min_runs, min_time_s=min_time_s, max_time_s=max_time_s)
+    return Bundle(path, [settings.job(id="mlp", backend="onnxruntime", artifact="model.onnx", inputs="data/inputs.npz",
+                                      threads=1)])
 
 
-def median_ms(results) -> float:
-    (r,) = results
-    if not r.ok:
-        raise SystemExit(f"benchmark job failed: {r.error}")
+def median_ms(measured) -> float:
+    r = measured.results.get("mlp")
+    if r is None or not r.ok:
+        raise SystemExit(f"benchmark job failed: {measured.error or (r.error if r else 'no result')}")
     return statistics.median(r.times_ms)
 
 
@@ -92,12 +90,9 @@ def main() -> int:
             for kind in ("local", "ssh") if i % 2 == 0 else ("ssh", "local"):
                 b = make_bundle(tmp / f"b-{kind}-{i}", onnx_path, min_time_s=1.0, max_time_s=5.0, min_runs=200)
                 t0 = time.monotonic()
-                if kind == "local":
-                    local_meds.append(median_ms(LocalExecutor().run_bundle(b, timeout_s=120)))
-                    local_walls.append(time.monotonic() - t0)
-                else:
-                    ssh_meds.append(median_ms(SSHExecutor(dev, log=quiet).run_bundle(b, timeout_s=120)))
-                    ssh_walls.append(time.monotonic() - t0)
+                m = median_ms(measure_on(LOCAL if kind == "local" else dev, b, timeout_s=120, log=quiet))
+                (local_meds if kind == "local" else ssh_meds).append(m)
+                (local_walls if kind == "local" else ssh_walls).append(time.monotonic() - t0)
         local_med, ssh_med = statistics.median(local_meds), statistics.median(ssh_meds)
         ratio = ssh_med / local_med
         print(f"median latency  local {local_med:.4f} ms   ssh {ssh_med:.4f} ms   ratio ssh/local {ratio:.4f} "
@@ -110,21 +105,13 @@ def main() -> int:
 
         # 2. one device vs N in parallel, fixed-duration jobs
         def run_on(devs) -> float:
-            bundles = [make_bundle(tmp / f"p-{d.name}-{time.monotonic_ns()}", onnx_path,
-                                   min_time_s=args.job_seconds, max_time_s=args.job_seconds, min_runs=1) for d in devs]
-            errors: list[str] = []
-
-            def go(d, b) -> None:
-                (r,) = SSHExecutor(d, log=quiet).run_bundle(b, timeout_s=300)
-                if not r.ok:
-                    errors.append(f"{d.name}: {r.error}")
-
-            threads = [threading.Thread(target=go, args=(d, b)) for d, b in zip(devs, bundles)]
+            bundles = {d.name: make_bundle(tmp / f"p-{d.name}-{time.monotonic_ns()}", onnx_path,
+                                           min_time_s=args.job_seconds, max_time_s=args.job_seconds, min_runs=1)
+                       for d in devs}
             t0 = time.monotonic()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            measured = measure(bundles, devs, timeout_s=300, log=quiet)  # one thread per device
+            errors = [f"{n}: {m.error or m.results['mlp'].error}" for n, m in measured.items()
+                      if m.error or not m.results.get("mlp") or not m.results["mlp"].ok]
             if errors:
                 raise SystemExit("; ".join(errors))
             return time.monotonic() - t0

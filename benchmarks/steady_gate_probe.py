@@ -29,7 +29,7 @@ from host_noise import session, series  # noqa: E402
 
 from edgeprune.compile.export import export_onnx  # noqa: E402
 from edgeprune.latency.layers import write_layer_onnx  # noqa: E402
-from edgeprune.latency.profiler import REFERENCE_LAYER  # noqa: E402
+from edgeprune.latency.layer_bundle import REFERENCE_LAYER  # noqa: E402
 from edgeprune.models.spec import load_model  # noqa: E402
 
 w = Path(tempfile.mkdtemp())

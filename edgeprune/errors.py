@@ -1,7 +1,9 @@
 """One exception root for the package, with a stable exit code per failure kind.
 
-The CLI catches :class:`EdgepruneError` once at the top and prints ``str(err)`` as a
-single line (plus the hint, if any); ``--debug`` shows the traceback instead.
+Every exit code a failure kind has is here, so this file is the table (docs/cli.md
+lists it for users); a new kind subclasses one of these. The CLI catches
+:class:`EdgepruneError` once at the top (``edgeprune/cli/__init__.py``) and prints
+``str(err)`` as a single line (plus the hint, if any); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -63,12 +65,7 @@ class DependencyError(EdgepruneError):
     exit_code = 9
 
 
-def require(module: str, extra: str | None = None):
-    """Import ``module`` lazily; turn ImportError into a DependencyError with a fix."""
-    import importlib
+class ResultsError(EdgepruneError):
+    """The results database cannot be opened, is too new, or a run/measurement is unknown."""
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        hint = f"pip install 'edgeprune[{extra}]'" if extra else f"pip install {module}"
-        raise DependencyError(f"Python package '{module}' is not importable: {exc}", hint) from exc
+    exit_code = 10

@@ -17,6 +17,7 @@ def _repo_cwd(monkeypatch, tmp_path):
     monkeypatch.setenv("EDGEPRUNE_DB", str(tmp_path / "results.sqlite"))  # recorded runs stay out of the repo
     monkeypatch.delenv("EDGEPRUNE_DEVICES", raising=False)
     monkeypatch.delenv("EDGEPRUNE_TARGETS_DIR", raising=False)
+    monkeypatch.delenv("EDGEPRUNE_INSECURE_ACCEPT_NEW_HOST_KEY", raising=False)  # host keys verified unless a test asks
 
 
 @pytest.fixture(scope="session", autouse=True)

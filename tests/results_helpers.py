@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeprune.results import fingerprint
-from edgeprune.results.store import Measurement
+from edgeprune.results.records import Measurement
 
 FAST_BENCH = {"warmup": 3, "min_runs": 20, "min_time_s": 0.2, "threads": 1}  # 1 thread: steadier on a busy 2-core box
 

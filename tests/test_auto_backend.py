@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune.bench.stats import LatencyStats
-from edgeprune.compile.pipeline import BenchSettings, CompileOptions, choose_backend, compile_model
+from edgeprune.bench.settings import BenchSettings
+from edgeprune.compile.summarize import choose_backend
+from edgeprune.flows.compile import CompileOptions, compile_model
 from edgeprune.compile.summary import BackendResult
 
 FAST = BenchSettings(min_runs=5, min_time_s=0.05, warmup=1)

@@ -52,7 +52,7 @@ def digits_compiled(tmp_path_factory):
 def test_compile_digits_on_host_builds_benches_and_verifies_every_backend(digits_compiled):
     res, out = digits_compiled
     assert res.exit_code == 0, res.output
-    for f in ("model.onnx", "summary.json", "report.md", "bundle/manifest.json", "bundle/runner.py"):
+    for f in ("model.onnx", "summary.json", "report.md", "bundle/manifest.json", "bundle/runner.pyz"):
         assert (out / f).exists(), f
     s = json.loads((out / "summary.json").read_text())
     assert s["model"] == "zoo:digits-cnn" and s["target"] == "host" and s["device"] == "local"

@@ -78,3 +78,33 @@ def test_devices_default_to_local_and_validate_ssh(tmp_path):
     assert get_device("pi", p).host == "127.0.0.1"
     with pytest.raises(ConfigError, match="unknown device 'nope'.*Choose from: local, pi"):
         get_device("nope", p)
+
+
+def test_shipped_targets_come_from_the_package_and_user_ones_win(tmp_path, monkeypatch):
+    """Lookup order: $EDGEPRUNE_TARGETS_DIR, ./targets, then the package's own targets."""
+    from edgeprune.paths import package_data
+
+    shipped = package_data("targets")
+    assert get_target("rpi4").source == str(shipped / "rpi4.yaml")
+    mine = tmp_path / "targets"
+    mine.mkdir()
+    (mine / "rpi4.yaml").write_text((shipped / "rpi4.yaml").read_text().replace("cores: 4", "cores: 2"))
+    monkeypatch.chdir(tmp_path)
+    assert get_target("rpi4").num_cores() == 2  # ./targets replaces the shipped file
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    (env_dir / "rpi4.yaml").write_text((shipped / "rpi4.yaml").read_text().replace("cores: 4", "cores: 3"))
+    monkeypatch.setenv("EDGEPRUNE_TARGETS_DIR", str(env_dir))
+    assert get_target("rpi4").num_cores() == 3  # and $EDGEPRUNE_TARGETS_DIR replaces both
+    assert {"host", "x86-avx2", "jetson-orin-nano"} <= {t.name for t in list_targets()}
+
+
+def test_auto_simd_fields_are_only_for_the_host(tmp_path):
+    p = tmp_path / "board.yaml"
+    p.write_text("name: board\narch: aarch64\ntriple: aarch64-linux-gnu\ncpu: cortex-a53\n"
+                 "vector_bits: auto\nbackends: [tvm]\n")
+    with pytest.raises(ConfigError, match=r"vector_bits: 'auto' is detected on this machine"):
+        get_target(str(p))
+    p.write_text("name: board\narch: aarch64\ntriple: aarch64-linux-gnu\ncpu: cortex-a53\nbackends: [tvm]\n")
+    board = get_target(str(p))
+    assert (board.vector_bits, board.fma_units) == (128, 2)  # a board file that leaves them out

@@ -113,7 +113,7 @@ def test_opencl_mali_artifact_has_scheduled_kernels(cnn_onnx, tmp_path):
 
 def test_compile_for_gpu_target_without_device_says_compile_verified(cnn_onnx, tmp_path):
     """The whole pipeline on a GPU target with only this host: built, not benchmarked, and said so."""
-    from edgeprune.compile.pipeline import CompileOptions, compile_model
+    from edgeprune.flows.compile import CompileOptions, compile_model
     from edgeprune.config.devices import LOCAL
     from edgeprune.models.spec import load_model
 

@@ -16,7 +16,8 @@ from click.testing import CliRunner
 
 from edgeprune.latency.grid import GridSettings, Staircase
 from edgeprune.latency.layers import input_shapes, layer_model, make_inputs
-from edgeprune.latency.lut import LatencyEntry, complete_table
+from edgeprune.latency.entry import LatencyEntry
+from edgeprune.latency.points import complete_table
 from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement
 from edgeprune.latency.store import LUTStore, StaleTableError, TableKey
 from edgeprune.prune.space import PrunableLayer, PruneGroup, PruneSpace
@@ -241,7 +242,8 @@ def test_tables_written_before_timing_modes_are_wall_clock_and_keep_their_names(
 
 def test_layer_points_are_kernel_timed_where_the_runtime_has_node_counters():
     from edgeprune.errors import ConfigError
-    from edgeprune.latency.profiler import ProfileSettings, layer_timing, series_ms
+    from edgeprune.latency.series import series_ms
+    from edgeprune.latency.settings import ProfileSettings, layer_timing
 
     auto = ProfileSettings()
     assert layer_timing(auto, "openvino") == layer_timing(auto, "onnxruntime") == "kernel"
@@ -259,12 +261,12 @@ def test_layer_points_are_kernel_timed_where_the_runtime_has_node_counters():
 # ---- real backends, through the bundle runner ----------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory):
-    """`edgeprune profile` on a tiny CNN with ONNX Runtime, with --validate, --json, --plot."""
+    """`edgeprune profile` on a tiny CNN with ONNX Runtime, with --validate, --out, --plot."""
     from edgeprune.cli import cli
 
     root = tmp_path_factory.mktemp("lut")
     args = ["profile", "--model", TINY, "--backend", "onnxruntime", "--cache-dir", str(root / "cache"), *FAST,
-            "--validate", "--variants", "3", "--json", str(root / "v.json"), "--plot", "--plot-dir", str(root / "png")]
+            "--validate", "--variants", "3", "--out", str(root / "v.json"), "--plot", "--plot-dir", str(root / "png")]
     t0 = time.perf_counter()
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     return res, root, args, time.perf_counter() - t0
@@ -300,7 +302,7 @@ def test_second_profile_reuses_the_cached_table_and_measures_nothing(tiny_profil
 
     _, root, _, _ = tiny_profile
     res = CliRunner().invoke(cli, ["profile", "--model", TINY, "--backend", "onnxruntime", "--cache-dir",
-                                   str(root / "cache"), *FAST, "--json", str(root / "again.json")],
+                                   str(root / "cache"), *FAST, "--out", str(root / "again.json")],
                              catch_exceptions=False)
     assert res.exit_code == 0, res.output
     prof = json.loads((root / "again.json").read_text())["profile"]
@@ -325,7 +327,9 @@ def test_pinned_stale_table_is_an_error(tiny_profile, tmp_path):
 def test_openvino_table_is_measured_with_openvino(tmp_path):
     from edgeprune.config.devices import LOCAL
     from edgeprune.config.targets import get_target
-    from edgeprune.latency.profiler import ProfileSettings, profile_model, space_of
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.latency.settings import ProfileSettings
+    from edgeprune.latency.variants import space_of
     from edgeprune.models.spec import load_model
 
     model = load_model(TINY)
@@ -349,7 +353,9 @@ def test_an_ssh_device_is_profiled_through_the_same_runner(tmp_path):
 
     from edgeprune.bench.loopback import LoopbackSSHD, find_sshd
     from edgeprune.config.targets import get_target
-    from edgeprune.latency.profiler import ProfileSettings, profile_model, space_of
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.latency.settings import ProfileSettings
+    from edgeprune.latency.variants import space_of
     from edgeprune.models.spec import load_model
 
     if find_sshd() is None or shutil.which("ssh-keygen") is None:
@@ -372,22 +378,23 @@ def test_every_point_is_timed_between_two_reference_series():
     """The reference is timed REFERENCE_PER_ROUND times per round, spread through it, so one
     slow moment cannot rescale a bundle and each point has a reference a few jobs away."""
     from edgeprune.bench.bundle import BenchJob, JobResult
-    from edgeprune.latency.profiler import REFERENCE_KEY, BundleMeasurer
+    from edgeprune.latency.layer_bundle import REFERENCE_KEY
+    from edgeprune.latency.series import local_references
 
     keys = [REFERENCE_KEY, "a", "b"]
     ids = ["0.r0.0", "1.r0", "0.r0.1", "2.r0", "0.r0.2"]
     jobs = [BenchJob(id=i, backend="onnxruntime", artifact="x", inputs="y") for i in ids]
     med = {"0.r0.0": 1.0, "1.r0": 5.0, "0.r0.1": 3.0, "2.r0": 7.0, "0.r0.2": 2.0}
     results = [JobResult(id=i, ok=True, times_ms=[m]) for i, m in med.items()]
-    assert BundleMeasurer._local_references(jobs, results, keys) == {"1.r0": 2.0, "2.r0": 2.5}
+    assert local_references(jobs, results, keys) == {"1.r0": 2.0, "2.r0": 2.5}
     results[2] = JobResult(id="0.r0.1", ok=False, error="crashed")  # a failed reference series is skipped
-    assert BundleMeasurer._local_references(jobs, results, keys) == {"1.r0": 1.5, "2.r0": 1.5}
+    assert local_references(jobs, results, keys) == {"1.r0": 1.5, "2.r0": 1.5}
 
 
 def test_a_point_is_the_fast_state_of_its_rounds_and_an_unconfirmed_one_is_noisy():
     """This host's slow state adds time to multi-threaded work (benchmarks/host_noise.py):
     the value is the median of the rounds within 10 % of the fastest, whatever the majority saw."""
-    from edgeprune.latency.lut import LatencyEntry, robust_ms
+    from edgeprune.latency.entry import LatencyEntry, robust_ms
 
     assert robust_ms([4.0, 6.7, 6.8, 4.1, 6.6]) == pytest.approx(4.05)  # the majority was slow
     assert robust_ms([1.0, 1.05, 1.08]) == pytest.approx(1.05)  # one state: the plain median
@@ -399,7 +406,7 @@ def test_a_point_is_the_fast_state_of_its_rounds_and_an_unconfirmed_one_is_noisy
 
 def test_a_points_unsteady_series_are_dropped_only_when_a_steady_one_exists():
     from edgeprune.bench.bundle import JobResult
-    from edgeprune.latency.profiler import keep_steady
+    from edgeprune.latency.series import keep_steady
 
     def res(ms, state):
         env = {"timing": {"gate": {"state": state}}} if state else {}

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 from edgeprune.cli import cli
 from edgeprune.errors import ConfigError
+from edgeprune.flows.nightly import load_matrix, shard
 from edgeprune.results.evaluate import Policy, judge
-from edgeprune.results.nightly import load_matrix, shard
 from edgeprune.results.store import ResultsStore
 from results_helpers import FAST_BENCH, conv_onnx, measurement
 

@@ -398,7 +398,7 @@ def _loaded(name: str) -> LoadedModel:
 
 
 def test_prune_model_reports_everything():
-    from edgeprune.prune.api import prune_model
+    from edgeprune.flows.prune import prune_model
 
     lm = _loaded("resdw")
     space = build_space(lm.module, [torch.from_numpy(a) for a in lm.example_inputs])
@@ -415,7 +415,7 @@ def test_prune_model_reports_everything():
 
 
 def test_unreachable_budget_is_a_clear_error():
-    from edgeprune.prune.api import prune_model
+    from edgeprune.flows.prune import prune_model
 
     lm = _loaded("resdw")
     space = build_space(lm.module, [torch.from_numpy(a) for a in lm.example_inputs])
@@ -425,7 +425,8 @@ def test_unreachable_budget_is_a_clear_error():
 
 
 def test_accuracy_gate_keeps_the_result():
-    from edgeprune.prune.api import PruneGateError, prune_model
+    from edgeprune.flows.prune import prune_model
+    from edgeprune.prune.options import PruneGateError
 
     lm = _loaded("recsys")
     space = build_space(lm.module, [torch.from_numpy(a) for a in lm.example_inputs])
@@ -482,10 +483,12 @@ def test_budget_is_met_by_the_measured_artifact(tmp_path, host_target):
     half its latency, and time original and pruned side by side."""
     from edgeprune.compile.export import export_onnx
     from edgeprune.config.devices import LOCAL
+    from edgeprune.flows.profile import profile_model
     from edgeprune.latency.grid import GridSettings
-    from edgeprune.latency.profiler import ProfileSettings, profile_model
+    from edgeprune.latency.settings import ProfileSettings
     from edgeprune.latency.store import LUTStore
-    from edgeprune.prune.api import prune_model, pruned_loaded_model
+    from edgeprune.flows.prune import prune_model
+    from edgeprune.prune.options import pruned_loaded_model
 
     torch.manual_seed(0)
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -563,7 +566,7 @@ def test_cli_compile_prunes_and_measures_both_side_by_side(tmp_path):
 
 
 def test_a_torchscript_model_cannot_be_pruned_and_says_why():
-    from edgeprune.prune.api import prune_model
+    from edgeprune.flows.prune import prune_model
 
     lm = _loaded("resdw")
     lm.module = torch.jit.trace(lm.module, tuple(torch.from_numpy(a) for a in lm.example_inputs))

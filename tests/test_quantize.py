@@ -126,7 +126,8 @@ def test_compile_quantize_int8_benchmarks_int8_beside_fp32(tmp_path):
 
 def test_int8_without_labelled_data_is_never_chosen(tmp_path):
     """An ONNX file has no data: calibration is synthetic and auto must not pick INT8 on faith."""
-    from edgeprune.compile.pipeline import BenchSettings, CompileOptions, compile_model
+    from edgeprune.bench.settings import BenchSettings
+    from edgeprune.flows.compile import CompileOptions, compile_model
     from edgeprune.config.devices import LOCAL
     from edgeprune.config.targets import get_target
     from edgeprune.models.spec import load_model

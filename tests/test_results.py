@@ -18,10 +18,10 @@ from click.testing import CliRunner
 from edgeprune.cli import cli
 from edgeprune.results import fingerprint
 from edgeprune.results.evaluate import Policy, judge
+from edgeprune.results.records import Measurement
 from edgeprune.results.report import gather, pareto_front, render, write_reports
-from edgeprune.results.store import (
-    SCHEMA_VERSION, Measurement, ResultsError, ResultsStore, git_revision, parse_since,
-)
+from edgeprune.results.schema import SCHEMA_VERSION
+from edgeprune.results.store import ResultsError, ResultsStore, git_revision, parse_since
 from results_helpers import conv_onnx, measurement
 
 
@@ -163,7 +163,8 @@ def test_fingerprint_series_ignores_volatile_facts_and_diff_names_changes():
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     """One real compile of a small ONNX model with ONNX Runtime on this machine."""
-    from edgeprune.compile.pipeline import BenchSettings, CompileOptions, compile_model
+    from edgeprune.bench.settings import BenchSettings
+    from edgeprune.flows.compile import CompileOptions, compile_model
     from edgeprune.config.devices import LOCAL
     from edgeprune.config.targets import get_target
     from edgeprune.models.spec import load_model
@@ -276,12 +277,15 @@ def test_report_of_an_empty_database_is_still_a_page(tmp_path):
 
 
 def test_lut_staircases_are_drawn_only_when_tables_exist(history, tmp_path):
-    lut = tmp_path / "lut" / "host" / "local"
-    lut.mkdir(parents=True)
-    entries = {f"conv-i64-o{c}-k3x3-s1x1-p1x1-d1x1-hw16x16-dense-b": {"ms": 0.1 * (1 + (c + 7) // 8)} for c in range(8, 65, 3)}
-    (lut / "onnxruntime-1.32.0-t2-abc.json").write_text(json.dumps(
-        {"format": "edgeprune-lut", "version": 1, "key": {"target": "host", "device": "local", "backend": "onnxruntime"},
-         "entries": entries}))
+    from edgeprune.latency.entry import LatencyEntry
+    from edgeprune.latency.store import LUTStore, TableKey
+
+    key = TableKey(target="host", target_fingerprint="abc", device="local", backend="onnxruntime",
+                   backend_version="1.32.0", threads=2)
+    entries = {f"conv-i64-o{c}-k3x3-s1x1-p1x1-d1x1-hw16x16-dense-b": LatencyEntry(ms=0.1 * (1 + (c + 7) // 8))
+               for c in range(8, 65, 3)}
+    store = LUTStore(tmp_path / "lut")
+    store.save(store.path_for(key), key, entries)
     with_lut = render(gather(history, lut_dirs=[tmp_path / "lut"]), "html")
     without = render(gather(history, lut_dirs=[tmp_path / "nothing"]), "html")
     assert "Per-layer latency staircases" in with_lut and "Per-layer latency staircases" not in without

@@ -49,3 +49,22 @@ def test_no_tracker_is_a_clear_error():
 
     with pytest.raises(DeviceError, match="no RPC tracker"):
         list_farm(TrackerAddress("127.0.0.1", free_port()))
+
+
+def test_ssh_device_joins_a_tracker_through_the_ssh_session(mlp_so, tmp_path):
+    """`tune --device <ssh>`: a tracker here, the board's RPC server registered through SSH
+    forwards only (no port opened to the network), and an artifact timed through it."""
+    import shutil
+
+    from edgeprune.bench.loopback import LoopbackSSHD, find_sshd
+    from edgeprune.bench.rpc_tunnel import ssh_rpc_board
+
+    if find_sshd() is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server; `make test` does)")
+    so, x, expected = mlp_so
+    with LoopbackSSHD(tmp_path / "sshd") as sshd:
+        with ssh_rpc_board(sshd.device("rpc-board"), "ssh-board", register_timeout_s=120) as tracker:
+            assert tracker.host == "127.0.0.1"
+            assert list_farm(tracker)["ssh-board"]["free"] == 1
+            r = run_tvm_artifact(tracker, "ssh-board", so, [x], [expected], repeat=3, number=3)
+            assert r.verified is True and len(r.times_ms) == 3

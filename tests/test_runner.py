@@ -17,12 +17,18 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeprune.bench import runner as R
 from edgeprune.bench.bundle import BenchJob, read_results, write_manifest
 from edgeprune.bench.executor import LocalExecutor
 from edgeprune.bench.io import save_arrays
 from edgeprune.bench.stats import LatencyStats
 from edgeprune.errors import BenchError
+from edgeprune.runner import gate as G
+from edgeprune.runner import probe as P
+from edgeprune.runner.manifest import JOB_DEFAULTS
+from edgeprune.runner.ship import RUNNER_FILE, zipapp_bytes
+from edgeprune.runner.timing import ort_kernel_times, time_runs
+
+RUNNER_PACKAGE = Path(P.__file__).parent
 
 BATCH, IN, OUT = 2, 16, 4
 
@@ -68,7 +74,7 @@ def job(id: str, **kw) -> BenchJob:
 
 
 def run_runner(bundle: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(bundle / "runner.py"), str(bundle), *args],
+    return subprocess.run([sys.executable, str(bundle / RUNNER_FILE), str(bundle), *args],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -90,7 +96,7 @@ def _busy(seconds: float):
 
 
 def _job(**kw):
-    d = dict(R.JOB_DEFAULTS)
+    d = dict(JOB_DEFAULTS)
     d.update(warmup=0, min_runs=1, min_time_s=0.0, max_time_s=30.0)
     d.update(kw)
     return d
@@ -98,20 +104,20 @@ def _job(**kw):
 
 def test_timing_stops_when_min_runs_reached_and_counts_warmup_apart():
     calls = []
-    times, info = R.time_runs(lambda: calls.append(1), _job(warmup=3, min_runs=40))
+    times, info = time_runs(lambda: calls.append(1), _job(warmup=3, min_runs=40))
     assert len(times) == 40 and len(calls) == 43 and info["warmup_runs"] == 3
     assert info["stopped_by_max_time"] is False
 
 
 def test_timing_runs_at_least_min_time():
-    times, info = R.time_runs(_busy(0.001), _job(min_runs=3, min_time_s=0.2))
+    times, info = time_runs(_busy(0.001), _job(min_runs=3, min_time_s=0.2))
     assert info["measure_s"] >= 0.2 and len(times) >= 10
     assert sum(times) >= 100  # ms actually spent inside timed runs (the rest is loop overhead/preemption)
 
 
 def test_max_time_stops_early_and_keeps_what_it_has():
     t0 = time.perf_counter()
-    times, info = R.time_runs(_busy(0.001), _job(min_runs=10**9, min_time_s=100, max_time_s=0.2, warmup=10**9))
+    times, info = time_runs(_busy(0.001), _job(min_runs=10**9, min_time_s=100, max_time_s=0.2, warmup=10**9))
     assert time.perf_counter() - t0 < 2
     assert info["stopped_by_max_time"] is True and len(times) >= 2
 
@@ -119,10 +125,10 @@ def test_max_time_stops_early_and_keeps_what_it_has():
 def test_inject_slowdown_is_counted_in_the_time():
     # every run lasts >= 2 ms; with factor 3 each recorded time is >= 3x that (lower bounds
     # hold however busy the machine is)
-    slow, info = R.time_runs(lambda: time.sleep(0.002), _job(min_runs=10, inject_slowdown=3.0))
+    slow, info = time_runs(lambda: time.sleep(0.002), _job(min_runs=10, inject_slowdown=3.0))
     assert info["inject_slowdown"] == 3.0 and len(slow) == 10
     assert min(slow) >= 6.0
-    base, info = R.time_runs(lambda: time.sleep(0.002), _job(min_runs=10))
+    base, info = time_runs(lambda: time.sleep(0.002), _job(min_runs=10))
     assert "inject_slowdown" not in info and min(base) >= 2.0
 
 
@@ -211,7 +217,7 @@ def test_a_crashing_runtime_fails_only_its_job(bundle, tmp_path, monkeypatch):
 
 def test_results_survive_a_killed_runner(bundle):
     write_manifest(bundle, [job("quick"), job("slow", min_runs=10**9, min_time_s=600, max_time_s=600), job("late")])
-    proc = subprocess.Popen([sys.executable, str(bundle / "runner.py"), str(bundle)],
+    proc = subprocess.Popen([sys.executable, str(bundle / RUNNER_FILE), str(bundle)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 60
@@ -268,16 +274,69 @@ def test_probe_describes_this_device():
 
 
 def test_runner_imports_only_stdlib_numpy_and_runtimes():
-    tree = ast.parse(Path(R.__file__).read_text())
+    """Every module of the runner package (it is shipped whole, as a zipapp, to boards that
+    have numpy and a runtime only): no edgeprune, relative imports within the package,
+    and the probe (sent alone on stdin over SSH) imports nothing but the standard library."""
     roots = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            roots.add(node.module.split(".")[0])
+    modules = sorted(RUNNER_PACKAGE.rglob("*.py"))
+    assert len(modules) > 10
+    for path in modules:
+        depth = len(path.relative_to(RUNNER_PACKAGE).parts) - 1  # 0 for edgeprune/runner/x.py
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    assert node.level <= depth + 1, f"{path.name} imports from outside the runner package"
+                    assert path.name != "probe.py", "the probe must stand alone"
+                elif node.module:
+                    roots.add(node.module.split(".")[0])
     third_party = roots - set(sys.stdlib_module_names)
     assert third_party <= {"numpy", "tvm"}, third_party  # onnxruntime/openvino come via __import__
     assert "edgeprune" not in roots
+
+
+def test_the_runner_ships_as_one_deterministic_zipapp(bundle, tmp_path):
+    """runner.pyz holds every device module (not the host-side ship.py), is byte-identical
+    when built twice, and runs from a copy of the bundle anywhere, as on a board."""
+    import io
+    import shutil
+    import zipfile
+
+    data = zipapp_bytes()
+    assert data == zipapp_bytes() and data.startswith(b"#!/usr/bin/env python3\n")
+    names = set(zipfile.ZipFile(io.BytesIO(data)).namelist())
+    device = {p.relative_to(RUNNER_PACKAGE).as_posix() for p in RUNNER_PACKAGE.rglob("*.py")} - {"ship.py"}
+    assert names == {"__main__.py"} | {"edgeprune_runner/" + n for n in device}
+    write_manifest(bundle, [job("a"), job("b", threads=2)])  # two worker processes
+    moved = tmp_path / "elsewhere" / "bundle"
+    shutil.copytree(bundle, moved)
+    no_edgeprune = shadow_module(tmp_path, "edgeprune", "raise ImportError('the runner imported edgeprune')\n")
+    cp = subprocess.run([sys.executable, str(moved / RUNNER_FILE), str(moved)], capture_output=True, text=True,
+                        timeout=120, cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": str(no_edgeprune)})
+    assert cp.returncode == 0, cp.stderr
+    assert [(r.id, r.ok, r.verified) for r in read_results(moved)] == [("a", True, True), ("b", True, True)]
+
+
+def test_the_runner_package_runs_with_python_m_too(bundle):
+    """``python -m edgeprune.runner`` (debugging without a bundle rebuild) starts its
+    workers from the package, not from a zipapp."""
+    write_manifest(bundle, [job("a")])
+    cp = subprocess.run([sys.executable, "-m", "edgeprune.runner", str(bundle)], capture_output=True, text=True,
+                        timeout=120, cwd=str(bundle))
+    assert cp.returncode == 0, cp.stderr
+    (r,) = read_results(bundle)
+    assert r.ok and r.verified
+
+
+def test_probe_reads_cpu_name_and_flags_of_x86_and_arm():
+    x86 = "processor\t: 0\nmodel name\t: Intel Xeon\nflags\t\t: fpu avx2 avx512f amx_tile\n\nprocessor\t: 1\n"
+    assert P.cpu_model(x86) == "Intel Xeon" and P.cpu_flags(x86) == {"fpu", "avx2", "avx512f", "amx_tile"}
+    arm = ("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU part\t: 0xd0b\n"
+           "processor\t: 4\nFeatures\t: fp asimd asimddp\nCPU part\t: 0xd05\nModel\t: Rock 5B\n")
+    assert P.cpu_model(arm) == "Rock 5B (Cortex-A76 + Cortex-A55)" and P.cpu_flags(arm) == {"fp", "asimd", "asimddp"}
+    assert P.cpu_flags("") == set()
+    assert set(LocalExecutor().probe()["cpu_flags"]) == P.cpu_flags()
 
 
 # ---- statistics -----------------------------------------------------------------------------
@@ -303,27 +362,27 @@ def _scripted_probe(monkeypatch, values):
         v = seq.pop(0) if len(seq) > 1 else seq[0]
         seen.append(v)
         return v
-    monkeypatch.setattr(R, "gate_probe_ms", probe)
+    monkeypatch.setattr(G, "gate_probe_ms", probe)
     return seen
 
 
 def test_steady_gate_waits_for_the_steady_state_and_retimes_a_series_it_saw_end_unsteady(tmp_path, monkeypatch):
     # calibration sees 1.0 ms (its last probe serves as the first before-probe) -> series -> slow after:
     # re-time; slow (wait 0.5 s), steady -> series -> steady after: kept
-    _scripted_probe(monkeypatch, [1.0] * R.GATE_LOWS + [1.5, 1.4, 1.0, 1.0])
+    _scripted_probe(monkeypatch, [1.0] * G.GATE_LOWS + [1.5, 1.4, 1.0, 1.0])
     calls = []
     cfg = {"calibrate_s": 0, "settle_s": 0, "max_wait_s": 30}
-    times, info = R.gated_time_runs(np, lambda: calls.append(1), _job(min_runs=5, gate=cfg), str(tmp_path))
+    times, info = G.gated_time_runs(np, lambda: calls.append(1), _job(min_runs=5, gate=cfg), str(tmp_path))
     g = info["gate"]
     assert g["state"] == "steady" and g["retries"] == 1 and g["fast_ms"] == 1.0 and g["probe_ms"] == [1.0, 1.0]
     assert len(times) == 5 and len(calls) == 10  # the first series was timed, then thrown away
-    assert json.loads((tmp_path / R.GATE_FILE).read_text())["fast_ms"] == 1.0  # for the next worker
+    assert json.loads((tmp_path / G.GATE_FILE).read_text())["fast_ms"] == 1.0  # for the next worker
 
 
 def test_steady_gate_keeps_a_series_marked_unsteady_when_the_device_never_settles(tmp_path, monkeypatch):
-    _scripted_probe(monkeypatch, [1.0] * R.GATE_LOWS + [2.0])  # calibrated at 1.0, then slow for good
+    _scripted_probe(monkeypatch, [1.0] * G.GATE_LOWS + [2.0])  # calibrated at 1.0, then slow for good
     t0 = time.monotonic()
-    times, info = R.gated_time_runs(np, lambda: None, _job(min_runs=3, gate={"calibrate_s": 0, "settle_s": 0,
+    times, info = G.gated_time_runs(np, lambda: None, _job(min_runs=3, gate={"calibrate_s": 0, "settle_s": 0,
                                                                              "max_wait_s": 1.0}), str(tmp_path))
     assert time.monotonic() - t0 < 10
     assert info["gate"]["state"] == "unsteady" and len(times) == 3 and info["gate"]["wait_s"] >= 0.9
@@ -331,8 +390,8 @@ def test_steady_gate_keeps_a_series_marked_unsteady_when_the_device_never_settle
 
 def test_steady_gate_uses_the_hosts_level_hint_instead_of_calibrating(tmp_path, monkeypatch):
     seen = _scripted_probe(monkeypatch, [0.9])
-    R._GATES.pop(str(tmp_path), None)
-    _, info = R.gated_time_runs(np, lambda: None, _job(gate={"fast_ms": 1.0, "settle_s": 0}), str(tmp_path))
+    G._GATES.pop(str(tmp_path), None)
+    _, info = G.gated_time_runs(np, lambda: None, _job(gate={"fast_ms": 1.0, "settle_s": 0}), str(tmp_path))
     assert info["gate"]["state"] == "steady" and "calibrated_s" not in info["gate"] and len(seen) == 2
 
 
@@ -345,15 +404,15 @@ def test_runner_times_inside_the_steady_gate_end_to_end(bundle):
     assert a.env["timing"]["gate"]["state"] in ("steady", "unsteady") and "calibrated_s" in a.env["timing"]["gate"]
     assert "calibrated_s" not in b.env["timing"]["gate"]  # one calibration per bundle
     assert "gate" not in plain.env["timing"]
-    assert json.loads((bundle / R.GATE_FILE).read_text())["fast_ms"] > 0
+    assert json.loads((bundle / G.GATE_FILE).read_text())["fast_ms"] > 0
 
 
 def test_steady_gate_spends_at_most_its_budget_on_a_device_that_never_settles(tmp_path, monkeypatch):
-    _scripted_probe(monkeypatch, [1.0] * R.GATE_LOWS + [2.0])
+    _scripted_probe(monkeypatch, [1.0] * G.GATE_LOWS + [2.0])
     cfg = {"calibrate_s": 0, "settle_s": 0, "max_wait_s": 0.6, "budget": 0.1}
-    gate = R.steady_gate(np, str(tmp_path), cfg)  # calibrates now, outside the timed part
+    gate = G.steady_gate(np, str(tmp_path), cfg)  # calibrates now, outside the timed part
     t0 = time.monotonic()
-    states = [R.gated_time_runs(np, _busy(0.01), _job(min_time_s=0.2, gate=cfg), str(tmp_path))[1]["gate"]
+    states = [G.gated_time_runs(np, _busy(0.01), _job(min_time_s=0.2, gate=cfg), str(tmp_path))[1]["gate"]
               for _ in range(8)]
     elapsed = time.monotonic() - t0
     assert all(s["state"] == "unsteady" for s in states)
@@ -367,7 +426,7 @@ def test_kernel_timing_reads_the_runtimes_own_node_counters(bundle):
     and OpenVINO's PERF_COUNT (the wall-clock median is kept next to it); TVM has no such
     counters and says so, and an unknown mode is a clear error."""
     from edgeprune.latency.layers import make_inputs, write_layer_onnx
-    from edgeprune.latency.profiler import REFERENCE_LAYER
+    from edgeprune.latency.layer_bundle import REFERENCE_LAYER
 
     write_layer_onnx(REFERENCE_LAYER, 64, 64, bundle / "m" / "conv.onnx")  # a 3x3 conv, 64 channels, 28x28
     save_arrays(bundle / "data" / "conv.npz", "in", make_inputs(REFERENCE_LAYER, 64))
@@ -400,5 +459,5 @@ def test_ort_kernel_times_sum_each_runs_nodes_without_layout_conversions():
           {"cat": "Session", "name": "model_run", "ts": 200, "dur": 100},
           {"cat": "Node", "name": "conv_kernel_time", "ts": 210, "dur": 70, "args": {"op_name": "Conv"}},
           {"cat": "Node", "name": "ReorderOutput_kernel_time", "ts": 281, "dur": 9, "args": {"op_name": "ReorderOutput"}}]
-    assert R.ort_kernel_times(ev, 2) == [0.05, 0.07]
-    assert R.ort_kernel_times(ev, 1) == [0.07]  # the last n runs: the timed series, not the warm-up
+    assert ort_kernel_times(ev, 2) == [0.05, 0.07]
+    assert ort_kernel_times(ev, 1) == [0.07]  # the last n runs: the timed series, not the warm-up

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from edgeprune.bench.bundle import BenchJob, write_manifest
 from edgeprune.bench.io import save_arrays
 from edgeprune.bench.loopback import LoopbackSSHD, find_sshd, free_port
-from edgeprune.bench.ssh import SSHConnection, SSHExecutor, build_command, set_accept_new_host_keys
+from edgeprune.bench.ssh import SSHConnection, SSHExecutor, build_command
 from edgeprune.errors import ConfigError, DeviceError
 
 pytestmark = pytest.mark.skipif(find_sshd() is None or shutil.which("ssh-keygen") is None,
@@ -70,7 +70,8 @@ def loaded(tiny_onnx):
 
 
 def fast_options(timeout_s: float = 120.0):
-    from edgeprune.compile.pipeline import BenchSettings, CompileOptions
+    from edgeprune.bench.settings import BenchSettings
+    from edgeprune.flows.compile import CompileOptions
 
     return CompileOptions(backends=("onnxruntime",),
                           bench=BenchSettings(warmup=1, min_runs=5, min_time_s=0.05, max_time_s=5, timeout_s=timeout_s))
@@ -97,16 +98,9 @@ def remote_leftovers(workdir: str) -> list[str]:
     return sorted(x.name for x in p.iterdir() if x.name.startswith("run-")) if p.exists() else []
 
 
-@pytest.fixture(autouse=True)
-def _no_accept_new():
-    set_accept_new_host_keys(False)
-    yield
-    set_accept_new_host_keys(False)
-
-
 # --- a full remote bench -------------------------------------------------------------------
 def test_full_remote_bench_through_compile_model(sshd, loaded, tmp_path, host_target):
-    from edgeprune.compile.pipeline import compile_model
+    from edgeprune.flows.compile import compile_model
 
     dev = sshd.device("lab-1", workdir=str(tmp_path / "remote"))
     summary = compile_model(loaded, host_target, dev, tmp_path / "out", fast_options(), log=lambda m: None)
@@ -124,7 +118,7 @@ def test_full_remote_bench_through_compile_model(sshd, loaded, tmp_path, host_ta
 
 
 def test_emulated_flag_reaches_the_report(sshd, loaded, tmp_path, host_target):
-    from edgeprune.compile.pipeline import compile_model
+    from edgeprune.flows.compile import compile_model
 
     dev = sshd.device("qemu-board", workdir=str(tmp_path / "remote"), emulated=True)
     summary = compile_model(loaded, host_target, dev, tmp_path / "out", fast_options(), log=lambda m: None)
@@ -150,9 +144,8 @@ def test_wrong_host_key_is_refused(sshd, tmp_path):
         SSHConnection(sshd.device("mitm", known_hosts=str(kh))).connect()
     assert "ssh-keygen -R" in str(exc.value)
     # accept-new never overrides a changed key
-    set_accept_new_host_keys(True)
     with pytest.raises(DeviceError, match="HOST KEY MISMATCH"):
-        SSHConnection(sshd.device("mitm", known_hosts=str(kh))).connect()
+        SSHConnection(sshd.device("mitm", known_hosts=str(kh), host_key_policy="accept-new")).connect()
 
 
 def test_unknown_host_key_is_refused_with_how_to_trust_it(sshd, tmp_path):
@@ -171,9 +164,45 @@ def test_insecure_accept_new_host_key_saves_the_key(sshd, tmp_path):
                                       "check", "ssh-1", "--insecure-accept-new-host-key"])
     assert res.exit_code == 0, res.output
     assert f"[127.0.0.1]:{sshd.port} ssh-ed25519" in kh.read_text()
-    set_accept_new_host_keys(False)
     with SSHConnection(sshd.device("again", known_hosts=str(kh))) as conn:  # now verified from the file
         assert conn.alive
+    # a second accept-new connection finds the key there and adds no second line
+    with SSHConnection(sshd.device("again", known_hosts=str(kh), host_key_policy="accept-new")) as conn:
+        assert conn.alive
+    assert len(kh.read_text().splitlines()) == 1
+
+
+def test_accept_new_is_a_device_setting_resolved_where_devices_load(sshd, tmp_path, monkeypatch):
+    """The flag and the env var become ``host_key_policy`` of the loaded device; nothing else
+    in the process changes, and a device built by hand keeps the secure default."""
+    from edgeprune.config.devices import ACCEPT_NEW_ENV, get_device, load_devices, with_host_key_policy
+
+    kh = tmp_path / "known_hosts"
+    devfile = _devices_file(sshd, tmp_path, known_hosts=kh)
+    assert get_device("ssh-1", devfile).host_key_policy == "verify"
+    dev = get_device("ssh-1", devfile, accept_new_host_key=True)
+    assert dev.host_key_policy == "accept-new"
+    assert dev.port == sshd.port and "port" in dev.model_fields_set  # the rest of the device is untouched
+    assert get_device("local", devfile, accept_new_host_key=True).host_key_policy == "verify"  # ssh devices only
+    assert with_host_key_policy(dev, False) is dev  # a run-time switch never re-tightens devices.yaml
+    monkeypatch.setenv(ACCEPT_NEW_ENV, "1")
+    (dev,) = [d for d in load_devices(devfile) if d.name == "ssh-1"]
+    assert dev.host_key_policy == "accept-new"
+    with SSHConnection(dev) as conn:
+        assert conn.alive
+    assert f"[127.0.0.1]:{sshd.port} ssh-ed25519" in kh.read_text()
+    assert sshd.device("by-hand", known_hosts=str(tmp_path / "other")).host_key_policy == "verify"
+
+
+def test_launcher_speaks_the_markers_the_executor_reads():
+    from edgeprune.bench.ssh import scripts
+
+    for marker in (scripts.PGID_MARKER, scripts.LOCK_WAIT_MARKER, scripts.LOCK_TIMEOUT_MARKER):
+        assert marker in scripts.LAUNCHER
+    assert f"sys.exit({scripts.LOCK_TIMEOUT_EXIT})" in scripts.LAUNCHER
+    assert ".edgeprune-lock." in scripts.LAUNCHER and scripts.LOCK_FILES.startswith(".edgeprune-lock.")
+    compile(scripts.LAUNCHER, "launcher", "exec")
+    compile(scripts.KILLER, "killer", "exec")
 
 
 # --- failures are clear and fast ------------------------------------------------------------
@@ -202,7 +231,7 @@ def test_silent_host_times_out(tmp_path):
 
 
 def test_remote_runtime_missing_is_a_clear_error(sshd, loaded, tmp_path, host_target):
-    from edgeprune.compile.pipeline import compile_model
+    from edgeprune.flows.compile import compile_model
 
     bare = tmp_path / "bare-venv"
     import venv
@@ -257,7 +286,7 @@ def test_run_killed_midway_keeps_finished_jobs(sshd, tiny_onnx, tmp_path):
 
 # --- no injection ---------------------------------------------------------------------------
 def test_shell_metacharacters_are_not_injected(sshd, loaded, tmp_path, host_target):
-    from edgeprune.compile.pipeline import compile_model
+    from edgeprune.flows.compile import compile_model
 
     PWNED.unlink(missing_ok=True)
     workdir = tmp_path / f"work dir; touch {PWNED}; $(touch {PWNED})"

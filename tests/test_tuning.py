@@ -18,10 +18,14 @@ from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeprune.cli import cli
-from edgeprune.compile import tuning
 from edgeprune.compile.backends import get_backend
-from edgeprune.compile.tuning import TuneSettings, TuningDatabase, TuningError, tune_model
+from edgeprune.compile.backends.tvm import (RpcSettings, TaskInfo, TuneReport, TuneSettings, TuningDatabase,
+                                           TuningError, check_measurable, records_for, tune_model, tuning_root)
+from edgeprune.compile.backends.tvm.lag import focus_kernels, kernel_lag_us, set_lag
+from edgeprune.compile.backends.tvm.plan import fit_first_round
+from edgeprune.compile.backends.tvm.records import target_key
 from edgeprune.config.targets import get_target
+from edgeprune.durations import parse_duration
 
 #: small and quick: every kernel gets one batch, the search population is tiny
 QUICK = dict(population=32, trials_per_iter=4)
@@ -74,7 +78,7 @@ def test_tune_writes_records_that_builds_reuse_without_tuning_again(tuning_dir, 
     one = conv_net(tmp_path / "one.onnx", [8])
     db = TuningDatabase.for_target(host_target)
     assert db.path.parent == tuning_dir and db.path.name.startswith("host-")
-    assert tuning.records_for(host_target) is None  # nothing tuned yet
+    assert records_for(host_target) is None  # nothing tuned yet
 
     lines: list[str] = []
     first = tune_model(one, host_target, TuneSettings(trials=4, **QUICK), log=lines.append)
@@ -82,7 +86,7 @@ def test_tune_writes_records_that_builds_reuse_without_tuning_again(tuning_dir, 
     assert len(first.tasks) == 1 and first.tasks[0].name.startswith("fused_conv2d")
     task = first.tasks[0]
     assert task.trials_before == 0 and task.trials_after >= 1 and task.best_us and task.best_us > 0
-    assert db.record_count() >= 1 and tuning.records_for(host_target) == db
+    assert db.record_count() >= 1 and records_for(host_target) == db
     assert any("trials" in line and "best" in line for line in lines)  # progress was reported
     meta = json.loads((db.path / "edgeprune-tuning.json").read_text())
     assert meta["sessions"][-1]["trials"] == first.trials_run and meta["tvm_target"]["kind"] == "llvm"
@@ -117,12 +121,12 @@ def test_tune_writes_records_that_builds_reuse_without_tuning_again(tuning_dir, 
 def test_cross_target_tuning_without_a_device_is_refused_with_the_reason():
     for name in ("rpi4", "jetson-orin-nano", "mali-g610"):
         with pytest.raises(TuningError) as err:
-            tuning.check_measurable(get_target(name), None)
+            check_measurable(get_target(name), None)
         msg = str(err.value)
         assert f"cannot tune for target '{name}'" in msg and "wrong processor" in msg and "--rpc-tracker" in msg
-    assert tuning.check_measurable(get_target("host"), None) == "local"
-    rpc = tuning.RpcSettings("10.0.0.2:9190", "rpi4")
-    assert tuning.check_measurable(get_target("rpi4"), rpc) == "rpc://10.0.0.2:9190/rpi4"
+    assert check_measurable(get_target("host"), None) == "local"
+    rpc = RpcSettings("10.0.0.2:9190", "rpi4")
+    assert check_measurable(get_target("rpi4"), rpc) == "rpc://10.0.0.2:9190/rpi4"
 
 
 def test_cli_refuses_cross_target_tune_before_any_work(tuning_dir):
@@ -135,27 +139,27 @@ def test_cli_refuses_cross_target_tune_before_any_work(tuning_dir):
 
 
 def test_target_keys_separate_hardware_and_are_stable(host_target):
-    keys = {tuning.target_key(get_target(n)) for n in ("host", "x86-avx2", "rpi4", "jetson-orin-nano", "mali-g610")}
+    keys = {target_key(get_target(n)) for n in ("host", "x86-avx2", "rpi4", "jetson-orin-nano", "mali-g610")}
     assert len(keys) == 5
-    assert tuning.target_key(host_target) == tuning.target_key(get_target("host"))
+    assert target_key(host_target) == target_key(get_target("host"))
     fewer_cores = get_target("x86-avx2").model_copy(update={"cores": 2})
-    assert tuning.target_key(fewer_cores) != tuning.target_key(get_target("x86-avx2"))
+    assert target_key(fewer_cores) != target_key(get_target("x86-avx2"))
 
 
 def test_tuning_database_location_and_switches(tmp_path, monkeypatch, host_target):
     monkeypatch.delenv("EDGEPRUNE_TUNING_DIR", raising=False)
     monkeypatch.setenv("EDGEPRUNE_CACHE", str(tmp_path / "cache"))
-    assert tuning.tuning_root() == tmp_path / "cache" / "tuning"
+    assert tuning_root() == tmp_path / "cache" / "tuning"
     monkeypatch.setenv("EDGEPRUNE_TUNING_DIR", str(tmp_path / "t"))
-    assert tuning.tuning_root() == tmp_path / "t"
+    assert tuning_root() == tmp_path / "t"
     db = TuningDatabase.for_target(host_target)
     db.path.mkdir(parents=True)
     db.record_file.write_text('[0, [[], [1e-05], {"kind": "llvm"}, []]]\n')
-    assert tuning.records_for(host_target) == db
+    assert records_for(host_target) == db
     monkeypatch.setenv("EDGEPRUNE_TVM_TUNING", "off")
-    assert tuning.records_for(host_target) is None
+    assert records_for(host_target) is None
     monkeypatch.setenv("EDGEPRUNE_TVM_TUNING", str(tmp_path / "elsewhere"))
-    assert tuning.records_for(host_target) is None  # an empty directory has no records
+    assert records_for(host_target) is None  # an empty directory has no records
 
 
 def test_one_tune_per_database_at_a_time(tmp_path):
@@ -190,17 +194,17 @@ def test_cli_status_lists_kernels_without_tuning(tuning_dir, tmp_path):
 
 
 def test_short_time_budget_tunes_the_heaviest_kernels_first():
-    infos = [tuning.TaskInfo("reshape", 1, 0.0), tuning.TaskInfo("conv_a", 2, 1e7), tuning.TaskInfo("pool", 1, 1e4),
-             tuning.TaskInfo("conv_b", 1, 3e7), tuning.TaskInfo("dense", 1, 1e5)]
-    kept, skipped = tuning.fit_first_round([0, 1, 2, 3, 4], infos, budget_s=400, batch_s=100)
+    infos = [TaskInfo("reshape", 1, 0.0), TaskInfo("conv_a", 2, 1e7), TaskInfo("pool", 1, 1e4),
+             TaskInfo("conv_b", 1, 3e7), TaskInfo("dense", 1, 1e5)]
+    kept, skipped = fit_first_round([0, 1, 2, 3, 4], infos, budget_s=400, batch_s=100)
     assert [infos[i].name for i in kept] == ["conv_a", "conv_b"] and len(skipped) == 3
-    assert tuning.fit_first_round([0, 1, 2, 3, 4], infos, budget_s=3600, batch_s=100) == ([0, 1, 2, 3, 4], [])
+    assert fit_first_round([0, 1, 2, 3, 4], infos, budget_s=3600, batch_s=100) == ([0, 1, 2, 3, 4], [])
 
 
 @pytest.mark.parametrize("text,seconds", [("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("45", 45),
                                           ("1.5h", 5400)])
 def test_durations(text, seconds):
-    assert tuning.parse_duration(text) == seconds
+    assert parse_duration(text) == seconds
 
 
 def test_bad_duration_is_a_usage_error():
@@ -241,7 +245,7 @@ def test_tuning_measures_through_an_rpc_tracker(tuning_dir, tmp_path, host_targe
 
     model = conv_net(tmp_path / "m.onnx", [8])
     with loopback_farm(("host-cpu",)) as tracker:
-        rep = tune_model(model, host_target, TuneSettings(trials=4, rpc=tuning.RpcSettings(str(tracker), "host-cpu"),
+        rep = tune_model(model, host_target, TuneSettings(trials=4, rpc=RpcSettings(str(tracker), "host-cpu"),
                                                           **QUICK))
     assert rep.measured_on == f"rpc://{tracker}/host-cpu" and rep.trials_total >= 1
 
@@ -288,7 +292,7 @@ def test_tuning_on_the_emulated_arm_board_keeps_records_apart(tuning_dir, tmp_pa
     assert res.exit_code == 0, res.output
     rep = json.loads(res.stdout)
     assert rep["database"].endswith("-emulated") and rep["trials_total"] >= 1
-    assert tuning.records_for(get_target("rpi4")) is None
+    assert records_for(get_target("rpi4")) is None
 
 
 def test_ctrl_c_stops_tuning_cleanly_and_keeps_the_records(tuning_dir, tmp_path):
@@ -305,7 +309,7 @@ def test_ctrl_c_stops_tuning_cleanly_and_keeps_the_records(tuning_dir, tmp_path)
     script = (
         "import json, sys\n"
         "from pathlib import Path\n"
-        "from edgeprune.compile.tuning import TuneSettings, tune_model\n"
+        "from edgeprune.compile.backends.tvm import TuneSettings, tune_model\n"
         "from edgeprune.config.targets import get_target\n"
         "rep = tune_model(Path(sys.argv[1]), get_target('host'),\n"
         "                 TuneSettings(trials=400, population=32, trials_per_iter=4))\n"
@@ -328,14 +332,14 @@ def test_ctrl_c_stops_tuning_cleanly_and_keeps_the_records(tuning_dir, tmp_path)
 
 def test_focus_picks_the_kernels_that_lag_the_models_best_flop_rate():
     # conv_a and conv_b run at 200 MFLOP/ms; the stem has as many FLOPs but takes 1.5x as long
-    infos = [tuning.TaskInfo("conv_a", 2, 2e8, best_us=1000.0), tuning.TaskInfo("conv_b", 1, 2e8, best_us=1000.0),
-             tuning.TaskInfo("stem", 1, 2e8, best_us=1500.0), tuning.TaskInfo("reshape", 1, None, best_us=1.0),
-             tuning.TaskInfo("tiny", 1, 1e5, best_us=50.0), tuning.TaskInfo("new", 1, 1e7)]
-    lags = tuning.kernel_lag_us(infos)
+    infos = [TaskInfo("conv_a", 2, 2e8, best_us=1000.0), TaskInfo("conv_b", 1, 2e8, best_us=1000.0),
+             TaskInfo("stem", 1, 2e8, best_us=1500.0), TaskInfo("reshape", 1, None, best_us=1.0),
+             TaskInfo("tiny", 1, 1e5, best_us=50.0), TaskInfo("new", 1, 1e7)]
+    lags = kernel_lag_us(infos)
     assert lags[0] == lags[1] == 0.0 and lags[2] == pytest.approx(500.0)
     assert lags[3] is None and lags[4] == pytest.approx(49.5) and lags[5] == float("inf")
-    kept, skipped = tuning.focus_kernels(list(range(6)), infos, 2)
+    kept, skipped = focus_kernels(list(range(6)), infos, 2)
     assert [infos[i].name for i in kept] == ["stem", "new"] and len(skipped) == 4
-    rep = tuning.TuneReport("m", "host", "db", infos, None, None)
-    tuning._set_lag(infos)
+    rep = TuneReport("m", "host", "db", infos, None, None)
+    set_lag(infos)
     assert rep.to_dict()["tasks"][5]["lag_us"] is None  # strict JSON, no Infinity

@@ -4,10 +4,15 @@ A bundle is a directory that can be copied anywhere (local temp dir, SFTP to a b
 
     bundle/
       manifest.json     {"format": "edgeprune-bundle", "version": 1, "jobs": [BenchJob...]}
-      runner.py         copy of edgeprune/bench/runner.py (needs only numpy + runtime)
+      runner.pyz        the on-device runner, edgeprune/runner/ as one zipapp (needs only
+                        numpy + runtime; ``python runner.pyz BUNDLE``)
       <job files>       artifacts, inputs .npz, expected outputs .npz, eval .npz
       results.jsonl     written by the runner: one JobResult per line, appended and
                         flushed as each job finishes, so a killed run keeps what finished
+
+The format's name and version, the job fields' defaults and the results file name are
+the runner's (:mod:`edgeprune.runner.manifest`): the device side reads them, so they are
+defined there once.
 
 Paths inside the manifest are relative to the bundle directory. ``inputs``/``expected``
 npz files hold arrays named ``in0, in1, ...`` / ``out0, out1, ...``; ``eval`` npz holds
@@ -17,14 +22,15 @@ npz files hold arrays named ``in0, in1, ...`` / ``out0, out1, ...``; ``eval`` np
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-BUNDLE_FORMAT = "edgeprune-bundle"
-BUNDLE_VERSION = 1
-RUNNER_SOURCE = Path(__file__).with_name("runner.py")
+from edgeprune.runner.manifest import BUNDLE_FORMAT, BUNDLE_VERSION, JOB_DEFAULTS, MANIFEST_FILE, RESULTS_FILE
+from edgeprune.runner.ship import RUNNER_FILE, write_runner
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "RESULTS_FILE", "RUNNER_FILE", "BenchJob", "JobResult",
+           "read_results", "write_manifest"]
 
 
 @dataclass
@@ -35,24 +41,25 @@ class BenchJob:
     backend: str
     artifact: str
     inputs: str
-    expected: str | None = None
-    eval: str | None = None
-    task: str | None = None  # "classification" | "binary" | None
-    tolerance: float = 1e-3
-    threads: int | None = None
+    expected: str | None = JOB_DEFAULTS["expected"]
+    eval: str | None = JOB_DEFAULTS["eval"]
+    task: str | None = JOB_DEFAULTS["task"]  # "classification" | "binary" | None
+    tolerance: float = JOB_DEFAULTS["tolerance"]
+    threads: int | None = JOB_DEFAULTS["threads"]
     options: dict[str, Any] = field(default_factory=dict)
-    warmup: int = 10
-    min_runs: int = 50
-    min_time_s: float = 1.0
-    max_time_s: float = 30.0
+    warmup: int = JOB_DEFAULTS["warmup"]
+    min_runs: int = JOB_DEFAULTS["min_runs"]
+    min_time_s: float = JOB_DEFAULTS["min_time_s"]
+    max_time_s: float = JOB_DEFAULTS["max_time_s"]
     #: artificial slowdown factor, used only by benchmarks/tests of regression detection
-    inject_slowdown: float = 1.0
-    #: time inside the runner's steady gate (runner.SteadyGate): None = off, {} = defaults,
-    #: or overrides such as {"tol": 0.1, "max_wait_s": 20}
-    gate: dict[str, Any] | None = None
+    inject_slowdown: float = JOB_DEFAULTS["inject_slowdown"]
+    #: time inside the runner's steady gate (edgeprune.runner.gate.SteadyGate): None = off,
+    #: {} = defaults, or overrides such as {"tol": 0.1, "max_wait_s": 20}
+    gate: dict[str, Any] | None = JOB_DEFAULTS["gate"]
     #: "wall" (each run's wall-clock time) or "kernel" (the layers' own work from the
-    #: runtime's per-node profiling counters, less layout conversions: runner.TIMING_MODES)
-    timing: str = "wall"
+    #: runtime's per-node profiling counters, less layout conversions:
+    #: edgeprune.runner.timing.TIMING_MODES)
+    timing: str = JOB_DEFAULTS["timing"]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BenchJob":
@@ -86,19 +93,19 @@ class JobResult:
 
 
 def write_manifest(bundle_dir: Path, jobs: list[BenchJob]) -> Path:
-    """Write manifest.json atomically and copy the runner next to it."""
+    """Write manifest.json atomically and the runner (runner.pyz) next to it."""
     bundle_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copy2(RUNNER_SOURCE, bundle_dir / "runner.py")
+    write_runner(bundle_dir)
     manifest = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "jobs": [asdict(j) for j in jobs]}
-    tmp = bundle_dir / "manifest.json.tmp"
+    tmp = bundle_dir / (MANIFEST_FILE + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(bundle_dir / "manifest.json")
-    return bundle_dir / "manifest.json"
+    tmp.replace(bundle_dir / MANIFEST_FILE)
+    return bundle_dir / MANIFEST_FILE
 
 
 def read_results(bundle_dir: Path) -> list[JobResult]:
     """Parse results.jsonl; a truncated last line (killed runner) is ignored."""
-    path = bundle_dir / "results.jsonl"
+    path = bundle_dir / RESULTS_FILE
     out: list[JobResult] = []
     if not path.exists():
         return out

@@ -1,4 +1,8 @@
-"""Turn a configured :class:`Device` into an :class:`Executor` that runs bundles on it."""
+"""Turn a configured :class:`Device` into the :class:`Executor` that runs bundles on it.
+
+The SSH executor is imported only for an SSH device: it brings paramiko (and its
+cryptography), which a local run and ``edgeprune --help`` should not pay for.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,11 @@ from edgeprune.errors import DeviceError
 
 
 def executor_for(device: Device) -> Executor:
+    """The executor for ``device``'s kind; host-key trust and limits travel on the device."""
     if device.kind == "local":
         return LocalExecutor()
     if device.kind == "ssh":
-        try:
-            from edgeprune.bench.ssh import SSHExecutor  # lands with SSH device support
-        except ImportError:
-            raise DeviceError(f"device '{device.name}' is an SSH device, but SSH support is not installed") from None
+        from edgeprune.bench.ssh import SSHExecutor
+
         return SSHExecutor(device)
     raise DeviceError(f"device '{device.name}' has unsupported kind '{device.kind}'")

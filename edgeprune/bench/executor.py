@@ -19,10 +19,10 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from edgeprune.bench.bundle import RUNNER_SOURCE, JobResult
+from edgeprune.bench.bundle import RESULTS_FILE, RUNNER_FILE, JobResult
 from edgeprune.errors import BenchError, DeviceError
+from edgeprune.runner.ship import probe_source
 
-RESULTS_FILE = "results.jsonl"
 PROBE_TIMEOUT_S = 120.0
 
 
@@ -37,7 +37,7 @@ class Executor(ABC):
 
     @abstractmethod
     def probe(self) -> dict[str, Any]:
-        """What the device is: ``python runner.py --probe`` output (arch, cpu, python, runtimes)."""
+        """What the device is: ``python runner.pyz --probe`` output (arch, cpu, python, runtimes)."""
 
 
 # ---- helpers shared by executors ---------------------------------------------------------
@@ -89,7 +89,7 @@ def last_line(text: str) -> str:
 
 
 class LocalExecutor(Executor):
-    """Runs ``python runner.py BUNDLE`` as a child process on this machine."""
+    """Runs ``python runner.pyz BUNDLE`` as a child process on this machine."""
 
     name = "local"
 
@@ -100,9 +100,9 @@ class LocalExecutor(Executor):
 
     def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None) -> list[JobResult]:
         bundle_dir = Path(bundle_dir).resolve()
-        runner = bundle_dir / "runner.py"
+        runner = bundle_dir / RUNNER_FILE
         if not runner.is_file():
-            raise BenchError(f"{bundle_dir} has no runner.py; it is not a deploy bundle", "rebuild the bundle")
+            raise BenchError(f"{bundle_dir} has no {RUNNER_FILE}; it is not a deploy bundle", "rebuild the bundle")
         jobs = manifest_jobs(bundle_dir)
         if only:
             known = {j["id"] for j in jobs}
@@ -153,9 +153,10 @@ class LocalExecutor(Executor):
         return complete_results(jobs, results, missing)
 
     def probe(self) -> dict[str, Any]:
+        # the probe module on stdin, as over SSH: ``self.python`` may be any interpreter
         try:
-            cp = subprocess.run([self.python, str(RUNNER_SOURCE), "--probe"], capture_output=True,
-                                timeout=PROBE_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            cp = subprocess.run([self.python, "-", "--probe"], capture_output=True,
+                                timeout=PROBE_TIMEOUT_S, input=probe_source())
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise DeviceError(f"cannot run the runner probe with {self.python}: {exc}") from None
         if cp.returncode != 0:

@@ -1,6 +1,6 @@
 """What a device needs to run bundles, and how to install what it lacks.
 
-Input is the device's probe (``runner.py --probe``). Runtimes are pinned to the host's
+Input is the device's probe (``runner.pyz --probe``). Runtimes are pinned to the host's
 versions where the artifact format demands it: a TVM ``.so`` only loads into the TVM
 runtime it was built with, and OpenVINO IR is read best by the same release. ONNX files
 are portable, so ONNX Runtime is not pinned.

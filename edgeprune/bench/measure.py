@@ -13,6 +13,7 @@ others carry on: one unreachable board never throws away another's numbers.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +42,19 @@ class Bundle:
     def write(self) -> Path:
         return write_manifest(self.dir, self.jobs)
 
+    @classmethod
+    def load(cls, path: Path) -> "Bundle":
+        """An existing bundle (e.g. a nightly baseline's) with the jobs of its manifest."""
+        import json
+
+        from edgeprune.errors import BenchError
+
+        try:
+            data = json.loads((Path(path) / "manifest.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise BenchError(f"{path} is not a deploy bundle ({exc})", "rebuild it with edgeprune compile") from None
+        return cls(Path(path), [BenchJob.from_dict(j) for j in data.get("jobs", [])])
+
 
 @dataclass
 class Measurements:
@@ -50,6 +64,7 @@ class Measurements:
     results: dict[str, JobResult] = field(default_factory=dict)
     round_medians: dict[str, list[float]] = field(default_factory=dict)
     error: str | None = None
+    seconds: float = 0.0  # wall time of the device run
 
     @property
     def ok(self) -> bool:
@@ -98,11 +113,14 @@ def measure(bundles: dict[str, Bundle] | Bundle, devices: Sequence[Device], *, r
             with log_lock:
                 log(f"[{dev.name}] {msg}" if len(devices) > 1 else msg)
 
+        t0 = time.monotonic()
         try:
-            return measure_on(dev, per_device[dev.name], rounds=rounds, timeout_s=timeout_s, log=dlog)
+            m = measure_on(dev, per_device[dev.name], rounds=rounds, timeout_s=timeout_s, log=dlog)
         except EdgepruneError as exc:
             dlog(f"benchmark failed: {exc}")
-            return Measurements(device=dev, error=str(exc))
+            m = Measurements(device=dev, error=str(exc))
+        m.seconds = time.monotonic() - t0
+        return m
 
     if len(devices) == 1:
         return {devices[0].name: run(devices[0])}

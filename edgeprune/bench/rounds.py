@@ -94,7 +94,7 @@ def fast_state_ms(round_medians: Iterable[float], tol: float = FAST_STATE_TOL) -
     the slow state *adds* time per synchronisation between inference threads, and which
     artifact's rounds it happens to hit decides a plain median. Two artifacts timed in
     interleaved rounds both get chances at the fast state, which is what a dedicated
-    device always runs in. The latency tables use the same rule (``latency.lut.robust_ms``).
+    device always runs in. The latency tables use the same rule (``latency.entry.robust_ms``).
     """
     return float(statistics.median(fast_rounds(round_medians, tol)))
 

@@ -148,16 +148,25 @@ def _flatten(x) -> list[Any]:
     return out
 
 
+def start_local_tracker():
+    """A TVM RPC tracker on this host's 127.0.0.1 (first free port from 9190, TVM's
+    default), in a child process the caller terminates. Loopback only: boards reach it
+    through a tunnel (:mod:`edgeprune.bench.rpc_tunnel`) or live on this host."""
+    _tvm()
+    try:
+        from tvm.rpc.tracker import Tracker
+    except ImportError as exc:
+        raise DependencyError(f"the TVM RPC tracker needs tornado: {exc}", "pip install 'edgeprune[rpc]'") from None
+    return Tracker(host="127.0.0.1", port=9190, port_end=9390, silent=True)
+
+
 @contextlib.contextmanager
 def loopback_farm(keys: tuple[str, ...] = ("host-cpu",)) -> Iterator[TrackerAddress]:
     """A tracker and one RPC server per key, all on 127.0.0.1, for tests and demos."""
     _tvm()
-    try:
-        from tvm.rpc.server import Server
-        from tvm.rpc.tracker import Tracker
-    except ImportError as exc:
-        raise DependencyError(f"the TVM RPC tracker needs tornado: {exc}", "pip install 'edgeprune[rpc]'") from None
-    tracker = Tracker(host="127.0.0.1", port=9190, port_end=9390, silent=True)
+    from tvm.rpc.server import Server
+
+    tracker = start_local_tracker()
     servers = []
     try:
         for key in keys:

@@ -26,9 +26,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from edgeprune.bench.rpc import TrackerAddress, list_farm
+from edgeprune.bench.rpc import TrackerAddress, list_farm, start_local_tracker
 from edgeprune.config.devices import Device
-from edgeprune.errors import DependencyError, DeviceError
+from edgeprune.errors import DeviceError
 
 Log = Callable[[str], None]
 
@@ -79,21 +79,17 @@ def ssh_rpc_board(device: Device, key: str, log: Log = lambda _m: None,
     """
     if device.kind != "ssh":
         raise DeviceError(f"device '{device.name}' is not an SSH device")
-    try:
-        from tvm.rpc.tracker import Tracker
-    except ImportError as exc:
-        raise DependencyError(f"the TVM RPC tracker needs tornado: {exc}", "pip install 'edgeprune[rpc]'") from None
     from edgeprune.bench.ssh import SSHConnection, build_command
 
-    tracker = Tracker(host="127.0.0.1", port=9190, port_end=9390, silent=True)
-    listener = _free_port()
-    local_addr, port = listener.getsockname()
+    conn = SSHConnection(device)  # resolves the address (a config error raises here, before anything starts)
+    tracker = start_local_tracker()
+    listener = None
     stop = threading.Event()
-    conn = SSHConnection(device)
     chan = None
     try:
-        conn.connect()
-        transport = conn._client.get_transport()  # noqa: SLF001 - the session's own transport
+        listener = _free_port()
+        local_addr, port = listener.getsockname()
+        transport = conn.transport  # connects; forwards ride on the session's own transport
 
         def to_tracker(channel, _origin, _server) -> None:
             try:
@@ -154,7 +150,8 @@ def ssh_rpc_board(device: Device, key: str, log: Log = lambda _m: None,
             if chan is not None:
                 chan.close()
         with contextlib.suppress(Exception):
-            listener.close()
+            if listener is not None:
+                listener.close()
         with contextlib.suppress(Exception):
             conn.close()
         tracker.terminate()

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from edgeprune.cli.common import bench_options, bench_settings, load_model_from_options, model_options
-from edgeprune.cli.devices_check import ssh_options
+from edgeprune.cli.common import (DeviceArgs, ModelArgs, backend_option, bench_options, device_options,
+                                  json_option, model_options, out_option, target_option)
 from edgeprune.cli.output import log, out, print_json, table
-from edgeprune.cli.prune_cmd import prune_options, prune_settings
+from edgeprune.cli.prune_cmd import prune_options
 from edgeprune.cli.results_cmd import record, record_option
 
-BACKEND_CHOICES = ["auto", "onnxruntime", "openvino", "tvm"]
+if TYPE_CHECKING:
+    from edgeprune.bench.settings import BenchSettings
+    from edgeprune.prune.options import PruneOptions
+    from edgeprune.results.record import RecordOptions
 
-
-def _default_out(model_spec: str, target: str) -> Path:
-    stem = model_spec.replace("zoo:", "").replace(":", "-").replace("/", "_").rsplit(".", 1)[0]
-    return Path("out") / f"{Path(stem).name}-{target}"
+#: the backend ``bench`` times when none is named: the reference every speed-up is against
+BENCH_DEFAULT_BACKEND = "onnxruntime"
 
 
 def print_summary(summary, as_json: bool) -> None:
@@ -84,26 +86,23 @@ def _finish(summary) -> None:
 
 @click.command("compile")
 @model_options
-@click.option("--target", "-t", "target_name", default="host", show_default=True, help="Target name (see `edgeprune targets`) or a target YAML file.")
-@click.option("--backend", "-b", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-              help="auto builds every backend of the target and picks the fastest verified one.")
-@click.option("--device", "-d", "device_name", default="local", show_default=True, help="Device to benchmark on (see `edgeprune devices`).")
-@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path), help="devices.yaml to read.")
-@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default: out/<model>-<target>).")
-@click.option("--json", "as_json", is_flag=True, help="Print summary.json to stdout instead of the table.")
+@target_option
+@backend_option(auto="builds every backend of the target and picks the fastest verified one.",
+                help="Backend to build and benchmark.")
+@device_options(help="Device to benchmark on (see `edgeprune devices`).")
+@out_option("Output folder (default: out/<model>-<target>).", "out_dir")
+@json_option("Print summary.json to stdout instead of the table.")
 @click.option("--quantize", type=click.Choice(["none", "int8"]), default="none", show_default=True,
               help="int8: also build INT8 artifacts (post-training static quantization, calibrated on the model's "
                    "training data; after pruning) and time them beside fp32. INT8 parity is accuracy-based.")
-@click.option("--calibration-samples", type=click.IntRange(1), default=256, show_default=True,
+@click.option("--calibration-samples", type=click.IntRange(1), default=256, show_default=True, metavar="N",
               help="Training samples that calibrate the INT8 activation ranges.")
 @bench_options
-@prune_options
-@ssh_options
+@prune_options(required=False)
 @record_option
-def compile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
-                out_dir, as_json, quantize, calibration_samples, threads, min_runs, min_time, max_time, warmup, timeout,
-                **prune_kw) -> None:
+def compile_cmd(model: ModelArgs, target_name: str, backend: str, devices: DeviceArgs, out_dir: Path | None,
+                as_json: bool, quantize: str, calibration_samples: int, bench: BenchSettings,
+                prune: PruneOptions | None, record_to: RecordOptions) -> None:
     """Export a model through ONNX, build it for a target, benchmark and verify it on a device.
 
     \b
@@ -113,24 +112,22 @@ def compile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_nam
     pruned.pt are written too).
     Example: edgeprune compile --model zoo:digits-cnn --target host --latency-budget 0.5
     """
-    from edgeprune.compile.pipeline import CompileOptions, compile_model
-    from edgeprune.config.devices import get_device
     from edgeprune.config.targets import get_target
+    from edgeprune.flows.compile import CompileOptions, compile_model
 
-    prune = prune_settings(prune_kw, backend, required=False)
     target = get_target(target_name)
-    device = get_device(device_name, devices_file)
-    model = load_model_from_options(model_spec, weights, input_shape, allow_pickle, data)
-    out_dir = out_dir or _default_out(model_spec, target.name)
+    device = devices.one()
+    loaded = model.load()
+    out_dir = out_dir or Path("out") / f"{model.stem}-{target.name}"
     opts = CompileOptions(
         backends=() if backend == "auto" else (backend,),
-        bench=bench_settings(threads, min_runs, min_time, max_time, warmup, timeout),
+        bench=bench,
         prune=prune,
         quantize=None if quantize == "none" else quantize,
         calibration_samples=calibration_samples,
     )
-    summary = compile_model(model, target, device, out_dir, opts, log=log)
-    record(summary, "compile")
+    summary = compile_model(loaded, target, device, out_dir, opts, log=log)
+    record(summary, "compile", record_to)
     print_summary(summary, as_json)
     _finish(summary)
     _finish_prune(summary)
@@ -138,46 +135,44 @@ def compile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_nam
 
 @click.command("bench")
 @model_options
-@click.option("--target", "-t", "target_name", default="host", show_default=True, help="Target name or YAML file.")
-@click.option("--backend", "-b", type=click.Choice(BACKEND_CHOICES[1:]), default="onnxruntime", show_default=True)
-@click.option("--artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@target_option
+@backend_option(auto=None, default=BENCH_DEFAULT_BACKEND, help="Backend to benchmark.")
+@click.option("--artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="A prebuilt artifact of --backend (.onnx / .xml / .so) to time instead of building one; "
                    "--model still provides inputs and reference outputs.")
-@click.option("--device", "-d", "device_names", multiple=True, default=("local",), show_default=True,
-              help="Device to benchmark on; repeat for several devices, benchmarked in parallel "
-                   "(results in --out/<device>/).")
-@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path), help="devices.yaml to read.")
-@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@device_options(multiple=True,
+                help="Device to benchmark on; repeat for several devices, benchmarked in parallel "
+                     "(results in --out/<device>/).")
+@out_option("Output folder (default: out/<model>-<target>-bench; one subfolder per device with several "
+            "--device).", "out_dir")
+@json_option("Print the summary as JSON (a list, one entry per device, with several --device).")
 @bench_options
-@ssh_options
 @record_option
-def bench_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, artifact, device_names,
-              devices_file, out_dir, as_json, threads, min_runs, min_time, max_time, warmup, timeout) -> None:
+def bench_cmd(model: ModelArgs, target_name: str, backend: str, artifact: Path | None, devices: DeviceArgs,
+              out_dir: Path | None, as_json: bool, bench: BenchSettings, record_to: RecordOptions) -> None:
     """Benchmark one backend (or a prebuilt artifact) of a model on one or more devices.
 
     \b
     Several --device options run in parallel, one thread per device; each board still
     runs one benchmark at a time (a lock on the board), also across processes.
     """
-    from edgeprune.compile.pipeline import CompileOptions, compile_model
-    from edgeprune.config.devices import get_device
     from edgeprune.config.targets import get_target
+    from edgeprune.flows.compile import CompileOptions, compile_model
 
     target = get_target(target_name)
-    devices = [get_device(n, devices_file) for n in dict.fromkeys(device_names)]
-    model = load_model_from_options(model_spec, weights, input_shape, allow_pickle, data)
-    out_dir = out_dir or _default_out(model_spec, target.name + "-bench")
+    boards = devices.resolve()
+    loaded = model.load()
+    out_dir = out_dir or Path("out") / f"{model.stem}-{target.name}-bench"
     opts = CompileOptions(
         backends=(backend,),
-        bench=bench_settings(threads, min_runs, min_time, max_time, warmup, timeout),
+        bench=bench,
         prebuilt=((backend, str(artifact)),) if artifact else (),
     )
-    if len(devices) > 1:
+    if len(boards) > 1:
         from edgeprune.cli.multi_device import bench_many
 
-        return bench_many(model, target, devices, out_dir, opts, as_json)
-    summary = compile_model(model, target, devices[0], out_dir, opts, log=log)
-    record(summary, "bench")
+        return bench_many(loaded, target, boards, out_dir, opts, as_json, record_to)
+    summary = compile_model(loaded, target, boards[0], out_dir, opts, log=log)
+    record(summary, "bench", record_to)
     print_summary(summary, as_json)
     _finish(summary)

@@ -1,37 +1,13 @@
-"""``edgeprune devices check [NAME...]`` and the SSH options shared by commands that connect."""
+"""``edgeprune devices check [NAME...]``: connect to devices and say what each one lacks."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
+from edgeprune.cli.common import DeviceArgs, devices_file_option, host_key_option, json_option
 from edgeprune.cli.output import log, out, print_json
-
-
-def _accept_new(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    if value:
-        from edgeprune.bench.ssh import set_accept_new_host_keys
-
-        set_accept_new_host_keys(True)
-    return value
-
-
-def ssh_options(f: Callable) -> Callable:
-    """``--insecure-accept-new-host-key`` for every command that may open an SSH connection."""
-
-    @click.option(
-        "--insecure-accept-new-host-key", is_flag=True, expose_value=False, callback=_accept_new,
-        help="Trust (and save to known_hosts) the key of an SSH device seen for the first time. "
-             "A changed key is still refused. Default: unknown keys are refused.",
-    )
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
 
 
 def check_device(device, target=None):
@@ -57,10 +33,12 @@ def check_device(device, target=None):
 
 @click.command("check")
 @click.argument("names", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@ssh_options
+@devices_file_option
+@host_key_option
+@json_option()
 @click.pass_context
-def check_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None:
+def check_cmd(ctx: click.Context, names: tuple[str, ...], devices_file: Path | None, accept_new_host_key: bool,
+              as_json: bool) -> None:
     """Connect to devices (all, or NAMES): host key, arch, CPU, Python, runtimes, what is missing.
 
     \b
@@ -69,11 +47,12 @@ def check_cmd(ctx: click.Context, names: tuple[str, ...], as_json: bool) -> None
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgeprune.config.devices import get_device, load_devices
     from edgeprune.errors import ConfigError, DeviceError
 
-    devices_file: Path | None = (ctx.obj or {}).get("devices_file")
-    devs = [get_device(n, devices_file) for n in names] if names else load_devices(devices_file)
+    if devices_file is None and ctx.parent is not None:  # `edgeprune devices --devices FILE check`
+        devices_file = ctx.parent.params.get("devices_file")
+    chosen = DeviceArgs(names=names, devices_file=devices_file, accept_new_host_key=accept_new_host_key)
+    devs = chosen.resolve() if names else chosen.all()
 
     def target_of(dev):
         if not dev.target:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
+from edgeprune.cli.common import devices_file_option, json_option
 from edgeprune.cli.output import print_json, table
 
 
 @click.command("targets")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def targets_cmd(as_json: bool) -> None:
-    """List hardware targets (targets/*.yaml)."""
+    """List hardware targets: $EDGEPRUNE_TARGETS_DIR, ./targets/*.yaml and the built-in ones."""
     from edgeprune.config.targets import list_targets
 
     ts = list_targets()
@@ -30,15 +31,12 @@ def targets_cmd(as_json: bool) -> None:
 
 
 @click.group("devices", invoke_without_command=True)
-@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="devices.yaml to read (default: $EDGEPRUNE_DEVICES or ./devices.yaml).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@devices_file_option
+@json_option()
 @click.pass_context
 def devices_cmd(ctx: click.Context, devices_file: Path | None, as_json: bool) -> None:
     """List devices (devices.yaml); `devices check` connects to them."""
-    ctx.ensure_object(dict)
-    ctx.obj["devices_file"] = devices_file
-    if ctx.invoked_subcommand is not None:
+    if ctx.invoked_subcommand is not None:  # `check` reads --devices from this context's params
         return
     from edgeprune.config.devices import load_devices
 
@@ -56,7 +54,7 @@ def devices_cmd(ctx: click.Context, devices_file: Path | None, as_json: bool) ->
 
 
 @click.command("models")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def models_cmd(as_json: bool) -> None:
     """List the built-in model zoo (use as --model zoo:NAME)."""
     from edgeprune.models.zoo import list_zoo

@@ -7,9 +7,9 @@ from pathlib import Path
 from edgeprune.cli.output import log, out, print_json, table
 
 
-def bench_many(model, target, devices, out_dir: Path, options, as_json: bool) -> None:
+def bench_many(model, target, devices, out_dir: Path, options, as_json: bool, record_to) -> None:
     """Benchmark on every device in parallel (each board serialised), print, fail if any failed."""
-    from edgeprune.bench.fleet import bench_on_devices
+    from edgeprune.flows.fleet import bench_on_devices
     from edgeprune.cli.results_cmd import record
     from edgeprune.errors import BenchError
 
@@ -17,7 +17,7 @@ def bench_many(model, target, devices, out_dir: Path, options, as_json: bool) ->
     outcomes = bench_on_devices(model, target, devices, out_dir, options, log)
     for o in outcomes:  # one run per device in the results DB, failed devices included
         if o.summary is not None:
-            record(o.summary, "bench")
+            record(o.summary, "bench", record_to)
     if as_json:
         print_json([
             {"device": o.device.name, "ok": o.ok, "error": o.error, "seconds": round(o.seconds, 2),

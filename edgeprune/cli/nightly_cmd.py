@@ -2,7 +2,9 @@
 
 Exit codes are a contract for cron and CI: 0 no regression, 1 a regression (latency,
 accuracy or parity), 2 the run itself failed (bad matrix file, a cell that could not be
-measured, interrupted). Whatever completed is stored and reported in every case.
+measured, interrupted). Whatever completed is stored and reported in every case. The
+run's own verdict is :attr:`NightlyResult.exit_code`; every *error* is mapped to 2 by
+the CLI's one error handler (:class:`~edgeprune.cli.common.ContractCommand`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli.output import err, log, out, print_json, table
+from edgeprune.cli.common import ContractCommand, host_key_option, json_option, since_option
+from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.cli.results_cmd import db_option
-from edgeprune.cli.devices_check import ssh_options
 
 EXIT_OK, EXIT_REGRESSION, EXIT_FAILED = 0, 1, 2
 
@@ -24,49 +26,46 @@ def _sigterm_to_interrupt(signum, frame):  # CI runners stop jobs with SIGTERM
     raise KeyboardInterrupt
 
 
-@click.command("nightly")
-@click.option("--matrix", "-m", "matrix", type=click.Path(dir_okay=False, path_type=Path), default=Path("nightly.yaml"),
+@click.command("nightly", cls=ContractCommand, failure_exit_code=EXIT_FAILED)
+@click.option("--matrix", "matrix", type=click.Path(dir_okay=False, path_type=Path), default=Path("nightly.yaml"),
               show_default=True, help="Matrix file: models x targets x devices x backends, bench and detection settings.")
 @db_option
 @click.option("--report-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports/nightly"),
               show_default=True, help="Where report.html, report.md, report.json and junit.xml are written.")
 @click.option("--format", "formats", type=click.Choice(["html", "md", "json", "junit"]), multiple=True,
               help="Report formats to write (repeatable; default: all four).")
-@click.option("--since", default="30d", show_default=True, help="History shown in the report.")
+@since_option("30d", "History shown in the report.")
 @click.option("--baseline", "pin", type=click.IntRange(1), default=None, metavar="RUN_ID",
               help="Compare with this run instead of the last good runs (overrides the matrix file).")
 @click.option("--shard", metavar="I/N", default=None, help="Run only the I-th of N slices of the matrix (CI sharding).")
 @click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Scratch space for models and bundles (default: out/nightly).")
 @click.option("--keep-work", is_flag=True, help="Keep the compiled bundles after the run.")
-@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON on stdout.")
-@ssh_options
+@json_option("Print the outcome as JSON on stdout.")
+@host_key_option
 @click.pass_context
-def nightly_cmd(ctx, matrix, db, report_dir, formats, since, pin, shard, work_dir, keep_work, as_json) -> None:
+def nightly_cmd(ctx: click.Context, matrix: Path, db: str | None, report_dir: Path, formats: tuple[str, ...],
+                since: str, pin: int | None, shard: str | None, work_dir: Path | None, keep_work: bool,
+                as_json: bool, accept_new_host_key: bool) -> None:
     """Run a benchmark matrix, detect regressions against history, write reports.
 
     \b
     Exit code: 0 no regression · 1 regression found · 2 the run failed
     Example:   edgeprune nightly --matrix nightly.yaml --db results.sqlite --report-dir reports/nightly
     """
-    from edgeprune.errors import EdgepruneError
-    from edgeprune.results.nightly import run_nightly
+    from edgeprune.errors import ConfigError
+    from edgeprune.flows.nightly import run_nightly
     from edgeprune.results.store import default_db_path
 
     path = default_db_path(db)
     if path is None:
-        err.print("Error: nightly needs a results database (--db none is not allowed here)")
-        ctx.exit(EXIT_FAILED)
+        raise ConfigError("nightly needs a results database (--db none is not allowed here)")
     old = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
         result = run_nightly(matrix, path, report_dir, log, shard_spec=shard, pin=pin, work_dir=work_dir,
                              keep_work=keep_work, formats=tuple(formats) or ("html", "md", "json", "junit"),
-                             since=since, command="edgeprune " + " ".join(sys.argv[1:]))
-    except EdgepruneError as exc:
-        if (ctx.find_root().obj or {}).get("debug"):
-            raise
-        err.print(f"Error: {exc}", markup=False, highlight=False)
-        ctx.exit(EXIT_FAILED)
+                             since=since, command="edgeprune " + " ".join(sys.argv[1:]),
+                             accept_new_host_key=accept_new_host_key)
     finally:
         signal.signal(signal.SIGTERM, old)
 

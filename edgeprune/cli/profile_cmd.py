@@ -8,16 +8,15 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli.common import load_model_from_options, model_options
-from edgeprune.cli.devices_check import ssh_options
-from edgeprune.cli.output import err, log, out, table
+from edgeprune.cli.common import (DeviceArgs, ModelArgs, backend_option, device_options, json_option,
+                                  keep_layer_option, model_options, out_option, seed_option, steady_gate_option,
+                                  target_option, threads_option)
+from edgeprune.cli.output import err, log, out, print_json, table
 from edgeprune.latency.grid import DENSITIES
-
-BACKEND_CHOICES = ["auto", "onnxruntime", "openvino", "tvm"]
 
 
 class RichProgress:
-    """A rich progress bar on stderr (a :class:`edgeprune.latency.profiler.ProgressSink`):
+    """A rich progress bar on stderr (a :class:`edgeprune.latency.settings.ProgressSink`):
     jobs of the current phase, layer tables done, points measured, elapsed and time left."""
 
     def __init__(self) -> None:
@@ -116,50 +115,48 @@ def print_validation(rep) -> None:
 
 @click.command("profile")
 @model_options
-@click.option("--target", "-t", "target_name", default="host", show_default=True, help="Target name or YAML file.")
-@click.option("--backend", "-b", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-              help="auto = the target's preferred (first) backend.")
-@click.option("--device", "-d", "device_name", default="local", show_default=True,
-              help="Device the table is measured on (see `edgeprune devices`).")
-@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path), help="devices.yaml to read.")
-@click.option("--threads", type=click.IntRange(1), help="Threads per inference (default: the target's cores).")
+@target_option
+@backend_option(auto="the target's preferred (first) backend.", help="Backend the layers are built and timed with.")
+@device_options(help="Device the table is measured on (see `edgeprune devices`).")
+@threads_option()
 @click.option("--density", type=click.Choice(DENSITIES), default="normal", show_default=True,
               help="Grid density: coarse is faster, dense measures every width.")
-@click.option("--rounds", type=click.IntRange(1, 9), default=3, show_default=True,
+@click.option("--rounds", type=click.IntRange(1, 9), default=3, show_default=True, metavar="N",
               help="Interleaved measurement rounds per point (median of round medians).")
-@click.option("--steady-gate/--no-steady-gate", "steady_gate", default=True, show_default=True,
-              help="Time every series in the device's steady state: the runner probes before and after each one "
-                   "and waits or re-times through slow episodes (shared VMs, throttling boards).")
+@steady_gate_option(True, "Time every series in the device's steady state: the runner probes before and after "
+                          "each one and waits or re-times through slow episodes (shared VMs, throttling boards).")
 @click.option("--timing", type=click.Choice(["auto", "kernel", "wall"]), default="auto", show_default=True,
               help="What a layer point's time is: kernel = the layer's own work from the runtime's per-node "
                    "counters (no per-call overhead or layout conversions, which a standalone graph pays and a model "
                    "does not); wall = wall-clock; auto = kernel for onnxruntime and openvino, wall for tvm.")
-@click.option("--calibration-variants", type=click.IntRange(0, 50), default=6, show_default=True,
+@click.option("--calibration-variants", type=click.IntRange(0, 50), default=6, show_default=True, metavar="N",
               help="Pruned variants measured end to end to calibrate the remainder model.")
-@click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME", help="Layer whose channels are never pruned.")
+@keep_layer_option("Layer whose channels are never pruned (not tabled); repeatable.")
 @click.option("--refresh", is_flag=True, help="Ignore cached measurements and measure everything again.")
-@click.option("--lut", "pinned", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--lut", "pinned", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
               help="Use exactly this table file (an error if it was measured in another context).")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where tables live (default: $EDGEPRUNE_CACHE/lut or ~/.cache/edgeprune/lut).")
 @click.option("--validate", "do_validate", is_flag=True,
               help="Also measure random pruned variants end to end and report prediction errors.")
-@click.option("--variants", "n_variants", type=click.IntRange(1, 500), default=20, show_default=True,
+@click.option("--variants", "n_variants", type=click.IntRange(1, 500), default=20, show_default=True, metavar="N",
               help="Number of random variants for --validate.")
 @click.option("--widths", "widths_mode", type=click.Choice(["candidates", "any"]), default="candidates",
               show_default=True, help="Variant widths for --validate: snapped to pruning candidates, or arbitrary.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random variants.")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write results as JSON to FILE (with --validate: median_abs_pct_error, p95_abs_pct_error, "
-                   "within_10pct, variants, plus the profile).")
+@seed_option("Seed of the random variants.")
+@out_option("Write the result as JSON to FILE (with --validate: median_abs_pct_error, p95_abs_pct_error, "
+            "within_10pct, variants, plus the profile).", "out_path", file=True)
+@json_option("Print the result as JSON on stdout (the same document as --out) instead of the tables.")
 @click.option("--plot", "do_plot", is_flag=True, help="Write a PNG per layer of latency vs channel count.")
 @click.option("--plot-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where --plot writes (default: out/lut-<model>-<target>-<backend>/).")
-@ssh_options
-@click.option("--keep-bundles", type=click.Path(file_okay=False, path_type=Path), hidden=True)
-def profile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
-                threads, density, rounds, steady_gate, timing, calibration_variants, keep_layers, refresh, pinned, cache_dir, do_validate,
-                n_variants, widths_mode, seed, json_file, do_plot, plot_dir, keep_bundles) -> None:
+@click.option("--keep-bundles", type=click.Path(file_okay=False, path_type=Path), hidden=True,
+              help="Keep the measurement bundles in this folder (debugging).")
+def profile_cmd(model: ModelArgs, target_name: str, backend: str, devices: DeviceArgs, threads: int | None,
+                density: str, rounds: int, steady_gate: bool, timing: str, calibration_variants: int,
+                keep_layers: tuple[str, ...], refresh: bool, pinned: Path | None, cache_dir: Path | None,
+                do_validate: bool, n_variants: int, widths_mode: str, seed: int, out_path: Path | None,
+                as_json: bool, do_plot: bool, plot_dir: Path | None, keep_bundles: Path | None) -> None:
     """Measure the latency lookup table of every prunable layer of a model on a device.
 
     \b
@@ -169,57 +166,63 @@ def profile_cmd(model_spec, weights, input_shape, allow_pickle, data, target_nam
     device, backend (+version) and thread count; a second run measures nothing.
     Examples:
       edgeprune profile --model zoo:resnet18 --target host
-      edgeprune profile --model zoo:digits-cnn --validate --json lut.json --plot
+      edgeprune profile --model zoo:digits-cnn --validate --out lut.json --plot
     """
-    from edgeprune.config.devices import get_device
     from edgeprune.config.targets import get_target
+    from edgeprune.flows.profile import profile_model, validate
     from edgeprune.latency.grid import GridSettings
-    from edgeprune.latency.profiler import ProfileSettings, profile_model, space_of, validate
+    from edgeprune.latency.settings import ProfileSettings
     from edgeprune.latency.store import LUTStore
+    from edgeprune.latency.variants import space_of
 
     target = get_target(target_name)
-    device = get_device(device_name, devices_file)
+    device = devices.one()
     backend_name = target.backends[0] if backend == "auto" else backend
-    model = load_model_from_options(model_spec, weights, input_shape, allow_pickle, data)
+    loaded = model.load()
     settings = ProfileSettings(
         grid=GridSettings(lanes=target.fp32_lanes(), density=density), threads=threads, rounds=rounds,
         calibration_variants=calibration_variants, seed=seed, keep_bundles=keep_bundles, gate=steady_gate,
         timing=timing,
     )
     store = LUTStore(cache_dir) if cache_dir else LUTStore()
-    space = space_of(model, tuple(keep_layers))
+    space = space_of(loaded, tuple(keep_layers))
     for n in space.notes:
         log(f"note: {n}")
     progress = RichProgress()
     try:
-        result = profile_model(model, target, device, backend_name, settings, store, space=space, refresh=refresh,
+        result = profile_model(loaded, target, device, backend_name, settings, store, space=space, refresh=refresh,
                                pinned=pinned, progress=progress, log=log)
     finally:
         progress.close()
-    print_profile(result, target.name)
+    # with --json, stdout carries only the JSON document: the human lines go to stderr
+    say = log if as_json else (lambda msg: out.print(msg, highlight=False))
+    if not as_json:
+        print_profile(result, target.name)
     payload: dict = {"profile": result.to_dict()}
 
     if do_plot:
         from edgeprune.latency.plot import plot_layers
 
-        stem = model_spec.replace("zoo:", "").replace(":", "-").replace("/", "_")
-        d = plot_dir or Path("out") / f"lut-{Path(stem).stem}-{target.name}-{backend_name}"
+        d = plot_dir or Path("out") / f"lut-{model.stem}-{target.name}-{backend_name}"
         paths = plot_layers(result, d, f" — {target.name}, {backend_name}")
-        out.print(f"plots: {len(paths)} PNG(s) in {d}", highlight=False)
+        say(f"plots: {len(paths)} PNG(s) in {d}")
 
     if do_validate:
         progress = RichProgress()
         try:
-            rep = validate(model, result, target, device, backend_name, n=n_variants, settings=settings,
+            rep = validate(loaded, result, target, device, backend_name, n=n_variants, settings=settings,
                            widths_mode=widths_mode, progress=progress, log=log)
         finally:
             progress.close()
-        print_validation(rep)
+        if not as_json:
+            print_validation(rep)
         payload = {**rep.to_dict(), "profile": result.to_dict()}
 
-    if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = json_file.with_name(json_file.name + f".{int(time.time())}.tmp")
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out_path.with_name(out_path.name + f".{int(time.time())}.tmp")
         tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-        tmp.replace(json_file)
-        out.print(f"json: {json_file}", highlight=False)
+        tmp.replace(out_path)
+        say(f"json: {out_path}")
+    if as_json:
+        print_json(payload)

@@ -2,61 +2,64 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgeprune.cli.common import load_model_from_options, model_options
-from edgeprune.cli.devices_check import ssh_options
+from edgeprune.cli.common import (DeviceArgs, ModelArgs, backend_option, collect_options, device_options,
+                                  json_option, keep_layer_option, model_options, out_option, seed_option,
+                                  target_option)
 from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.prune.importance import IMPORTANCE
 from edgeprune.prune.strategies import STRATEGIES
 
-BACKEND_CHOICES = ["auto", "onnxruntime", "openvino", "tvm"]
+if TYPE_CHECKING:
+    from edgeprune.prune.options import PruneOptions
+
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
-
-
-def prune_options(f: Callable) -> Callable:
-    """The pruning options, shared by ``prune`` and ``compile``."""
-
-    @click.option("--latency-budget", "latency_budget", type=click.FloatRange(0, 1, min_open=True), metavar="FRACTION",
-                  help="Prune to this fraction of the original model's latency on the target (e.g. 0.5).")
-    @click.option("--latency-ms", "latency_ms", type=click.FloatRange(0, min_open=True), metavar="MS",
-                  help="Prune to this latency in milliseconds on the target.")
-    @click.option("--strategy", type=click.Choice(STRATEGIES.names()), default="knapsack", show_default=True,
-                  help="Search: knapsack (HALP-like), greedy (NetAdapt-like), genetic, uniform (baseline).")
-    @click.option("--importance", type=click.Choice(IMPORTANCE.names()),
-                  help="Channel importance (default: taylor for knapsack, l1 otherwise).")
-    @click.option("--max-accuracy-drop", type=click.FloatRange(0), metavar="POINTS",
-                  help="Fail (exit code 8, results kept) if accuracy drops more than this many points.")
-    @click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME",
-                  help="Leave this layer (or every layer under this name) unpruned; repeatable.")
-    @click.option("--finetune-epochs", type=click.FloatRange(0), default=3.0, show_default=True,
-                  help="Fine-tuning epochs after pruning (0 = none).")
-    @click.option("--distill", is_flag=True, help="Fine-tune with knowledge distillation from the original model.")
-    @click.option("--gradual-steps", type=click.IntRange(1), default=1, show_default=True,
-                  help="Prune in this many steps (shrinking budget), fine-tuning after each.")
-    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice (reproducible).")
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        return f(*args, **kwargs)
-
-    return wrapper
-
-
 PRUNE_KEYS = ("latency_budget", "latency_ms", "strategy", "importance", "max_accuracy_drop", "keep_layers",
               "finetune_epochs", "distill", "gradual_steps", "seed")
 
 
-def prune_settings(kwargs: dict[str, Any], backend: str | None, required: bool):
-    """``PruneOptions`` from the parsed options (popped from ``kwargs``), or None when no
-    budget was given and pruning is optional (``compile``)."""
-    from edgeprune.prune.api import PruneOptions
+def prune_options(required: bool) -> Callable[[Callable], Callable]:
+    """The pruning options, shared by ``prune`` (``required``: a budget must be given) and
+    ``compile`` (pruning only when a budget is given) -> ``prune: PruneOptions | None``.
+    The latency table follows the command's ``--backend``."""
+    return collect_options(
+        [
+            click.option("--latency-budget", "latency_budget", type=click.FloatRange(0, 1, min_open=True),
+                         metavar="FRACTION",
+                         help="Prune to this fraction of the original model's latency on the target (e.g. 0.5)."),
+            click.option("--latency-ms", "latency_ms", type=click.FloatRange(0, min_open=True), metavar="MS",
+                         help="Prune to this latency in milliseconds on the target."),
+            click.option("--strategy", type=click.Choice(STRATEGIES.names()), default="knapsack", show_default=True,
+                         help="Search: knapsack (HALP-like), greedy (NetAdapt-like), genetic, uniform (baseline)."),
+            click.option("--importance", type=click.Choice(IMPORTANCE.names()),
+                         help="Channel importance (default: taylor for knapsack, l1 otherwise)."),
+            click.option("--max-accuracy-drop", type=click.FloatRange(0), metavar="POINTS",
+                         help="Fail (exit code 8, results kept) if accuracy drops more than this many points."),
+            keep_layer_option("Leave this layer (or every layer under this name) unpruned; repeatable."),
+            click.option("--finetune-epochs", type=click.FloatRange(0), default=3.0, show_default=True, metavar="EPOCHS",
+                         help="Fine-tuning epochs after pruning (0 = none)."),
+            click.option("--distill", is_flag=True,
+                         help="Fine-tune with knowledge distillation from the original model."),
+            click.option("--gradual-steps", type=click.IntRange(1), default=1, show_default=True, metavar="N",
+                         help="Prune in this many steps (shrinking budget), fine-tuning after each."),
+            seed_option("Seed of every random choice (reproducible)."),
+        ],
+        into="prune",
+        build=lambda v, kwargs: _prune_settings(v, kwargs.get("backend"), required),
+        keys=PRUNE_KEYS,
+    )
 
-    v = {k: kwargs.pop(k) for k in PRUNE_KEYS}
+
+def _prune_settings(v: dict[str, Any], backend: str | None, required: bool) -> PruneOptions | None:
+    """``PruneOptions`` from the parsed options, or None when no budget was given and
+    pruning is optional (``compile``)."""
+    from edgeprune.prune.options import PruneOptions
+
     if v["latency_budget"] is not None and v["latency_ms"] is not None:
         raise click.UsageError("give either --latency-budget or --latency-ms, not both")
     if v["latency_budget"] is None and v["latency_ms"] is None:
@@ -106,40 +109,35 @@ def _check_out(ctx, param, value: Path) -> Path:
 
 @click.command("prune")
 @model_options
-@click.option("--target", "-t", "target_name", default="host", show_default=True, help="Target name or YAML file.")
-@click.option("--backend", "-b", type=click.Choice(BACKEND_CHOICES), default="auto", show_default=True,
-              help="Backend whose latency table guides pruning (auto = the target's preferred).")
-@click.option("--device", "-d", "device_name", default="local", show_default=True,
-              help="Device the latency table is measured on.")
-@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path), help="devices.yaml to read.")
-@prune_options
-@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, path_type=Path), default=Path("pruned.pt"),
-              show_default=True, callback=_check_out,
-              help="Pruned model file; .onnx and .json are written next to it.")
-@ssh_options
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def prune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, backend, device_name, devices_file,
-              out_path, as_json, **kwargs) -> None:
+@target_option
+@backend_option(auto="the target's preferred (first) backend.",
+                help="Backend whose latency table guides pruning.")
+@device_options(help="Device the latency table is measured on (see `edgeprune devices`).")
+@prune_options(required=True)
+@out_option("Pruned model file; .onnx and .json are written next to it.", "out_path", file=True,
+            default=Path("pruned.pt"), callback=_check_out)
+@json_option()
+def prune_cmd(model: ModelArgs, target_name: str, backend: str, devices: DeviceArgs, prune: PruneOptions,
+              out_path: Path, as_json: bool) -> None:
     """Prune a model to a latency budget on a target, fine-tune it, and save it.
 
     \b
     Writes OUT (TorchScript, or torch.export for .pt2), OUT.onnx and OUT.json.
     Example: edgeprune prune --model zoo:digits-cnn --target host --latency-budget 0.5 --out pruned.pt
     """
-    from edgeprune.config.devices import get_device
     from edgeprune.config.targets import get_target
-    from edgeprune.prune.api import PruneGateError, prune_model
+    from edgeprune.flows.prune import prune_model
+    from edgeprune.prune.options import PruneGateError
     from edgeprune.prune.save import save_pruned
 
-    opts = prune_settings(kwargs, backend, required=True)
     target = get_target(target_name)
-    device = get_device(device_name, devices_file)
-    model = load_model_from_options(model_spec, weights, input_shape, allow_pickle, data)
+    device = devices.one()
+    loaded = model.load()
     try:
-        result = prune_model(model, target, device, opts, log=log)
+        result = prune_model(loaded, target, device, prune, log=log)
     except PruneGateError as exc:  # keep what was produced, then fail
-        saved = save_pruned(model, exc.result, out_path)
+        saved = save_pruned(loaded, exc.result, out_path)
         print_prune_result(exc.result, as_json, saved)
         raise
-    saved = save_pruned(model, result, out_path)
+    saved = save_pruned(loaded, result, out_path)
     print_prune_result(result, as_json, saved)

@@ -6,22 +6,23 @@ from pathlib import Path
 
 import click
 
+from edgeprune.cli.common import out_option, since_option
 from edgeprune.cli.output import note, out
 from edgeprune.cli.results_cmd import _open, db_option
 
 
 @click.command("report")
 @db_option
-@click.option("--since", default="30d", show_default=True, metavar="30d",
-              help="History to include: a duration (30d, 12h, 2w) or an ISO date.")
-@click.option("--format", "fmt", type=click.Choice(["html", "md", "json", "junit"]), default="html", show_default=True)
+@since_option("30d", "History to include.")
+@click.option("--format", "fmt", type=click.Choice(["html", "md", "json", "junit"]), default="html", show_default=True,
+              help="html (with plots), md (for a PR or chat), json, or junit (XML for CI).")
 @click.option("--run", "run_id", type=click.IntRange(1), default=None, metavar="RUN_ID",
               help="The run to report on (default: the newest nightly run, else the newest run).")
-@click.option("--out", "-o", "out_path", type=click.Path(dir_okay=False, allow_dash=True, path_type=Path), default=None,
-              help="Output file, or - for stdout. Default: reports/report.html for html, stdout for the others.")
+@out_option("Output file, or - for stdout. Default: reports/report.html for html, stdout for the others.",
+            "out_path", file=True, allow_dash=True)
 @click.option("--lut-dir", "lut_dirs", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Latency-table folders to plot staircases from (default: the LUT cache, if any).")
-@click.option("--title", default=None, help="Report title.")
+@click.option("--title", default=None, metavar="TEXT", help="Report title.")
 def report_cmd(db, since, fmt, run_id, out_path, lut_dirs, title) -> None:
     """Write a report of a run and the history of its cells.
 

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
+from edgeprune.cli.common import json_option, since_option
 from edgeprune.cli.output import log, note, out, print_json, table
+
+if TYPE_CHECKING:
+    from edgeprune.results.record import RecordOptions
 
 DB_HELP = ("Results database (SQLite). Default: $EDGEPRUNE_DB, else ./results.sqlite. "
            "'none' disables recording.")
-_META_KEY = "edgeprune.results.db"
 
 
 def db_option(f: Callable) -> Callable:
@@ -24,36 +28,31 @@ def db_option(f: Callable) -> Callable:
 
 
 def record_option(f: Callable) -> Callable:
-    """``--db PATH`` for commands that *record* (compile, bench). The value is kept in the
-    click context, so the command body only has to call :func:`record`."""
+    """``--db PATH`` for commands that *record* (compile, bench) -> ``record_to:
+    RecordOptions``, stamped with the time the command started (options are parsed
+    before the command runs); the command body passes it to :func:`record`."""
 
-    def remember(ctx: click.Context, param, value):
-        from edgeprune.results.store import now
+    def to_options(ctx: click.Context, param: click.Parameter, value: str | None) -> RecordOptions:
+        from edgeprune.results.record import RecordOptions
+        from edgeprune.results.records import now
 
-        ctx.meta[_META_KEY] = value
-        ctx.meta[_META_KEY + ".started"] = now()  # options are parsed before the command runs
-        return value
+        return RecordOptions(db=value, started=now())
 
-    return click.option("--db", metavar="PATH", default=None, expose_value=False, callback=remember,
-                        help=DB_HELP)(f)
+    return click.option("--db", "record_to", metavar="PATH", default=None, callback=to_options, help=DB_HELP)(f)
 
 
-def record(summary, kind: str = "compile") -> int | None:
-    """Store ``summary`` in the results database chosen by ``--db``; never fails the
-    command (a database problem is reported as a warning, the summary is on disk)."""
+def record(summary, kind: str, to: RecordOptions) -> int | None:
+    """Store ``summary`` in the results database ``to`` names; never fails the command
+    (a database problem is reported as a warning, the summary is on disk)."""
     from edgeprune.errors import EdgepruneError
     from edgeprune.results.record import record_summary
-    from edgeprune.results.store import default_db_path
 
-    ctx = click.get_current_context(silent=True)
-    db = ctx.meta.get(_META_KEY) if ctx is not None else None
-    started = ctx.meta.get(_META_KEY + ".started") if ctx is not None else None
-    path = default_db_path(db)
+    path = to.path
     if path is None:
         return None
     command = "edgeprune " + " ".join(sys.argv[1:]) if sys.argv else None
     try:
-        run_id = record_summary(path, summary, kind=kind, command=command, started=started)
+        run_id = record_summary(path, summary, kind=kind, command=command, started=to.started)
     except (EdgepruneError, OSError) as exc:
         log(f"warning: results not stored in {path}: {exc}")
         return None
@@ -79,7 +78,7 @@ def _when(iso: str | None) -> str:
 
 
 def _ms(v: float | None) -> str | None:
-    from edgeprune.results.report import fmt_ms
+    from edgeprune.results.report.text import fmt_ms
 
     return None if v is None else fmt_ms(v)
 
@@ -97,11 +96,11 @@ def results_cmd() -> None:
 
 @results_cmd.command("list")
 @db_option
-@click.option("--since", default=None, metavar="30d",
-              help="Only runs started within this window (30d, 12h, 2w) or since an ISO date.")
+@since_option(None, "Only runs started within this window or since this date.")
 @click.option("--kind", type=click.Choice(["compile", "bench", "profile", "nightly"]), help="Only runs of this kind.")
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, metavar="N",
+              help="Show at most this many runs.")
+@json_option()
 def list_cmd(db, since, kind, limit, as_json) -> None:
     """Runs, newest first, with how many cells they measured and what regressed."""
     from edgeprune.results.store import parse_since
@@ -133,7 +132,7 @@ def list_cmd(db, since, kind, limit, as_json) -> None:
 @results_cmd.command("show")
 @click.argument("run_id", type=int)
 @db_option
-@click.option("--json", "as_json", is_flag=True, help="Run, measurements (with every per-run time) and verdicts as JSON.")
+@json_option("Print the run, its measurements (with every per-run time) and verdicts as JSON.")
 def show_cmd(run_id, db, as_json) -> None:
     """One run: its environment, every measurement and the verdicts."""
     with _open(db) as store:
@@ -185,10 +184,11 @@ def show_cmd(run_id, db, as_json) -> None:
 @db_option
 @click.option("--min-effect", type=click.FloatRange(0.001, 0.9), default=0.03, show_default=True,
               help="Relative latency change that matters.")
-@click.option("--confidence", type=click.FloatRange(0.5, 0.9999), default=0.99, show_default=True)
+@click.option("--confidence", type=click.FloatRange(0.5, 0.9999), default=0.99, show_default=True,
+              help="Confidence of the interval a change must clear to be called.")
 @click.option("--statistic", type=click.Choice(["p10", "median", "p25", "p5", "min"]), default="p10", show_default=True,
               help="Per-run latency compared (a low quantile is steadier on busy machines).")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option()
 def compare_cmd(run_a, run_b, db, min_effect, confidence, statistic, as_json) -> None:
     """Latency and accuracy of every cell measured in both RUN_A (before) and RUN_B (after).
 

@@ -6,32 +6,13 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli.common import load_model_from_options, model_options
-from edgeprune.cli.devices_check import ssh_options
+from edgeprune.cli.common import (DeviceArgs, Duration, ModelArgs, device_options, json_option, model_options,
+                                  out_option, target_option, threads_option)
 from edgeprune.cli.output import log, out, print_json, table
 
 
-class Duration(click.ParamType):
-    """30m, 2h, 1h30m, 90s or plain seconds."""
-
-    name = "duration"
-
-    def convert(self, value, param, ctx) -> float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        from edgeprune.compile.tuning import parse_duration
-
-        try:
-            seconds = parse_duration(str(value))
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail("must be positive", param, ctx)
-        return seconds
-
-
 def print_report(report, as_json: bool) -> None:
-    from edgeprune.compile.tuning import format_minutes
+    from edgeprune.durations import format_duration
 
     if as_json:
         print_json(report.to_dict())
@@ -47,7 +28,7 @@ def print_report(report, as_json: bool) -> None:
     table(f"{report.model} on {report.target}: {len(report.tasks)} kernels", ["kernel", "calls", "MFLOP", "trials",
           "best us", "GFLOP/s", "lag us"], rows, right={1, 2, 3, 4, 5, 6})
     if report.stopped_by not in ("status", "already-tuned"):
-        out.print(f"tuned {report.trials_run} trials in {format_minutes(report.seconds)} "
+        out.print(f"tuned {report.trials_run} trials in {format_duration(report.seconds)} "
                   f"(stopped by {report.stopped_by}, measured {report.measured_on}); "
                   f"{report.trials_total} trials recorded for this model", highlight=False)
     est_b, est_a = report.estimated_ms_before, report.estimated_ms_after
@@ -73,7 +54,7 @@ def print_report(report, as_json: bool) -> None:
 
 @click.command("tune")
 @model_options
-@click.option("--target", "-t", "target_name", default="host", show_default=True, help="Target name or YAML file.")
+@target_option
 @click.option("--trials", type=click.IntRange(1), metavar="N",
               help="Total trials for this model (records already in the database count, so a rerun resumes). "
                    "Default without --time-budget: 64 per kernel. Roughly 2-5 s per trial on a 2-core host.")
@@ -83,25 +64,22 @@ def print_report(report, as_json: bool) -> None:
 @click.option("--focus", type=click.IntRange(1), metavar="K",
               help="Tune only the K kernels with the most lag: time per inference above the model's best kernel "
                    "FLOP rate (the 'lag us' column of --status). For later sessions, once every kernel has records.")
-@click.option("--device", "-d", "device_name", default="local", show_default=True,
-              help="Device to measure on: local (this host's own targets), or an SSH device: a TVM RPC server "
-                   "is started on the board and reached through the SSH session (the board needs apache-tvm).")
-@click.option("--devices", "devices_file", type=click.Path(dir_okay=False, path_type=Path), help="devices.yaml to read.")
+@device_options(help="Device to measure on: local (this host's own targets), or an SSH device: a TVM RPC server "
+                     "is started on the board and reached through the SSH session (the board needs apache-tvm).")
 @click.option("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker of the boards that time candidates.")
 @click.option("--rpc-key", metavar="KEY", help="Board key at the tracker (e.g. rpi4).")
-@click.option("--threads", type=click.IntRange(1), help="Threads while timing candidates (default: target cores).")
-@click.option("--db", "db_dir", type=click.Path(file_okay=False, path_type=Path),
+@threads_option("Threads while timing candidates (default: the target's cores).")
+@click.option("--tuning-dir", "tuning_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Tuning database folder (default: the target's folder under $EDGEPRUNE_TUNING_DIR or "
                    "$EDGEPRUNE_CACHE/tuning).")
 @click.option("--status", is_flag=True, help="Only show the kernels and what the database already has; no tuning.")
-@click.option("--out", "-o", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the exported model.onnx goes (default: out/<model>-<target>-tune).")
-@click.option("--json", "as_json", is_flag=True, help="Print the tuning report as JSON.")
-@ssh_options
+@out_option("Where the exported model.onnx goes (default: out/<model>-<target>-tune).", "out_dir")
+@json_option("Print the tuning report as JSON.")
 @click.option("--verbose", is_flag=True, help="Show MetaSchedule's own progress tables.")
-def tune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, trials, time_budget, trials_per_task,
-             focus, device_name, devices_file, rpc_tracker, rpc_key, threads, db_dir, status, out_dir, as_json,
-             verbose) -> None:
+def tune_cmd(model: ModelArgs, target_name: str, trials: int | None, time_budget: float | None,
+             trials_per_task: int | None, focus: int | None, devices: DeviceArgs, rpc_tracker: str | None,
+             rpc_key: str | None, threads: int | None, tuning_dir: Path | None, status: bool, out_dir: Path | None,
+             as_json: bool, verbose: bool) -> None:
     """Tune a model's TVM kernels for a target with MetaSchedule; compile reuses the records.
 
     \b
@@ -115,41 +93,17 @@ def tune_cmd(model_spec, weights, input_shape, allow_pickle, data, target_name, 
       edgeprune tune --model zoo:resnet18 --target rpi4 --device pi-lab-1      # SSH device
       edgeprune tune --model zoo:resnet18 --target rpi4 --rpc-tracker 10.0.0.2:9190 --rpc-key rpi4
     """
-    import contextlib
-    import dataclasses
-
-    from edgeprune.compile.export import export_onnx
-    from edgeprune.compile.tuning import RpcSettings, TuneSettings, TuningDatabase, check_measurable, tune_model
-    from edgeprune.config.devices import get_device
+    from edgeprune.compile.backends.tvm import RpcSettings, TuneSettings
     from edgeprune.config.targets import get_target
+    from edgeprune.flows.tune import TuneOptions, tune
 
     if bool(rpc_tracker) != bool(rpc_key):
         raise click.UsageError("--rpc-tracker and --rpc-key go together")
     target = get_target(target_name)
-    device = get_device(device_name, devices_file)
     rpc = RpcSettings(rpc_tracker, rpc_key) if rpc_tracker else None
-    over_ssh = not status and rpc is None and device.kind == "ssh"
-    if not status and not over_ssh:
-        check_measurable(target, rpc)  # refuse before loading and exporting anything
-    model = load_model_from_options(model_spec, weights, input_shape, allow_pickle, data)
-    stem = model_spec.replace("zoo:", "").replace(":", "-").replace("/", "_").rsplit(".", 1)[0]
-    out_dir = out_dir or Path("out") / f"{Path(stem).name}-{target.name}-tune"
-    exp = export_onnx(model, out_dir / "model.onnx")
     settings = TuneSettings(trials=trials, time_budget_s=time_budget, trials_per_task=trials_per_task,
                             focus=focus, threads=threads, rpc=rpc, verbose=verbose)
-    db = TuningDatabase(db_dir) if db_dir else TuningDatabase.for_target(target)
-    if over_ssh and device.emulated and not db_dir:
-        # timings under emulation are meaningless: keep such records away from real builds
-        db = TuningDatabase(db.path.with_name(db.path.name + "-emulated"))
-        log(f"note: '{device.name}' is EMULATED: timings are meaningless, records go to {db.path} "
-            "(never applied to real builds)")
-    with contextlib.ExitStack() as stack:
-        if over_ssh:  # an RPC server on the board, reached through the SSH session
-            from edgeprune.bench.rpc_tunnel import ssh_rpc_board
-
-            tracker = stack.enter_context(ssh_rpc_board(device, target.name, log=log))
-            settings = dataclasses.replace(settings, rpc=RpcSettings(str(tracker), target.name))
-        report = tune_model(exp.path, target, settings, db=db, model_name=model.name, log=log, status_only=status)
-    if over_ssh:
-        report.measured_on = f"ssh://{device.name} (TVM RPC tunnelled over SSH)"
+    options = TuneOptions(target=target, out_dir=out_dir or Path("out") / f"{model.stem}-{target.name}-tune",
+                          device=devices.one(), settings=settings, db_dir=tuning_dir, status_only=status)
+    report = tune(model.load, options, log=log)
     print_report(report, as_json)

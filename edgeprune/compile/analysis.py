@@ -8,8 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgeprune.models.base import LoadedModel
 
 
 @dataclass
@@ -26,11 +32,26 @@ def _shape(vi) -> list[int]:
     return [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
 
 
-def graph_cost(onnx_path: Path) -> GraphCost:
+def model_cost(model: "LoadedModel") -> GraphCost:
+    """The cost of a model as it would be deployed: its ONNX export, counted by
+    :func:`graph_cost`. ``prune`` and ``compile`` both count this way, so one model
+    has one parameter and MAC count wherever it is reported."""
+    import onnx
+
+    from edgeprune.compile.export import onnx_proto
+
+    if model.module is None:
+        assert model.onnx_path is not None
+        return graph_cost(model.onnx_path)
+    return graph_cost(onnx.shape_inference.infer_shapes(onnx_proto(model)))
+
+
+def graph_cost(onnx_model: "Path | onnx.ModelProto") -> GraphCost:
+    """Parameters and MACs of an ONNX model (a file, or a shape-inferred ModelProto)."""
     import onnx
     from onnx import numpy_helper
 
-    m = onnx.load(str(onnx_path))
+    m = onnx.load(str(onnx_model)) if isinstance(onnx_model, (str, Path)) else onnx_model
     g = m.graph
     inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
     shapes: dict[str, list[int]] = {}

@@ -75,6 +75,28 @@ def export_onnx(model: LoadedModel, out_path: Path, tolerance: float = DEFAULT_P
         _check(proto, out_path)
         return ExportResult(out_path, _opset_of(proto), None, tolerance, None, 0)
 
+    proto = onnx_proto(model)
+    _check(proto, out_path)
+
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
+    worst, n = 0.0, 0
+    for chunk in _parity_inputs(model):
+        ref = torch_outputs(model, chunk)
+        got = sess.run(None, {name: x for name, x in zip(model.input_names, chunk)})
+        for r, g in zip(ref, got):
+            if r.shape != g.shape:
+                raise ModelError(f"ONNX output shape {g.shape} differs from PyTorch {r.shape} for {model.name}")
+            worst = max(worst, float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0)
+        n += model.batch_size
+    return ExportResult(out_path, OPSET, worst, tolerance, worst <= tolerance, n)
+
+
+def onnx_proto(model: LoadedModel):
+    """The torch module of ``model`` exported to an in-memory ONNX ModelProto (unchecked)."""
+    import onnx
     import torch
 
     args = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in model.example_inputs)
@@ -95,22 +117,7 @@ def export_onnx(model: LoadedModel, out_path: Path, tolerance: float = DEFAULT_P
     except Exception as exc:  # torch raises many types here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"cannot export {model.name} to ONNX: {first}", "use --debug for the full trace") from exc
-    proto = onnx.load_from_string(buf.getvalue())
-    _check(proto, out_path)
-
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
-    worst, n = 0.0, 0
-    for chunk in _parity_inputs(model):
-        ref = torch_outputs(model, chunk)
-        got = sess.run(None, {name: x for name, x in zip(model.input_names, chunk)})
-        for r, g in zip(ref, got):
-            if r.shape != g.shape:
-                raise ModelError(f"ONNX output shape {g.shape} differs from PyTorch {r.shape} for {model.name}")
-            worst = max(worst, float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))) if r.size else 0.0)
-        n += model.batch_size
-    return ExportResult(out_path, OPSET, worst, tolerance, worst <= tolerance, n)
+    return onnx.load_from_string(buf.getvalue())
 
 
 def _opset_of(proto) -> int:

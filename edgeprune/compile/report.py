@@ -51,8 +51,8 @@ def render_markdown(s: CompileSummary) -> str:
         + (f"; INT8 rows ≤ {_fmt(tol8, '.1e')} (0.25 × max |reference output|) and accuracy-gated, see notes"
            if tol8 is not None else "") + ". "
         "Roofline: achieved FLOP/s (2 × MACs / median) over the target's theoretical fp32 peak "
-        "(cores × GHz × FMA units × fp32 lanes × 2)" + ("; INT8 rows can exceed 100 %" if tol8 is not None else "")
-        + ".",
+        + (f"({s.roofline_peak})" if s.roofline_peak else "(cores × GHz × FMA units × fp32 lanes × 2)")
+        + ("; INT8 rows can exceed 100 %" if tol8 is not None else "") + ".",
     ]
     if s.pruned is not None:
         p, o = s.pruned, s.original

@@ -83,6 +83,8 @@ class CompileSummary:
     edgeprune_version: str = ""
     created: str = ""
     out_dir: str = ""
+    #: how the roofline's peak was computed (Target.peak_description): detected, not assumed
+    roofline_peak: str = ""
 
     def chosen(self) -> BackendResult | None:
         return next((b for b in self.backends if b.name == self.backend), None)
@@ -101,6 +103,7 @@ class CompileSummary:
             "backends": [b.to_dict() for b in self.backends],
             "export": self.export,
             "env": self.env,
+            "roofline_peak": self.roofline_peak,
             "notes": self.notes,
             "edgeprune_version": self.edgeprune_version,
             "created": self.created,

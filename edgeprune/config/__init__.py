@@ -1,1 +1,2 @@
-"""Loading and validation of targets/*.yaml and devices.yaml, with file:line errors."""
+"""Loading and validation of target YAML files (shipped in edgeprune/targets/, or the user's
+./targets and $EDGEPRUNE_TARGETS_DIR) and devices.yaml, with file:line errors."""

@@ -3,6 +3,14 @@
 ``kind: local`` runs the bundle runner in a subprocess on this machine; ``kind: ssh``
 runs it on a board over SSH (host keys verified against known_hosts). Both go through
 the same deploy bundle, so numbers from either are comparable.
+
+Host-key trust is a device setting (:attr:`Device.host_key_policy`), not process state:
+``verify`` (the default) refuses a host whose key is not in known_hosts; ``accept-new``
+trusts and saves a key seen for the first time (OpenSSH's ``StrictHostKeyChecking
+accept-new``). A *changed* key is refused under both. The user asks for ``accept-new``
+per device in devices.yaml, for one run with ``--insecure-accept-new-host-key``, or
+with ``$EDGEPRUNE_INSECURE_ACCEPT_NEW_HOST_KEY=1``; :func:`load_devices` turns the last
+two into the field, so the SSH code below only ever reads the device it is given.
 """
 
 from __future__ import annotations
@@ -16,6 +24,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from edgeprune.config.yamlfile import read_yaml, validate
 from edgeprune.errors import ConfigError
 
+#: What to do with an SSH host whose key is not in known_hosts (a changed key is always refused).
+HostKeyPolicy = Literal["verify", "accept-new"]
+
+#: ``=1`` asks for ``accept-new`` on every device loaded in this process (as the CLI flag does).
+ACCEPT_NEW_ENV = "EDGEPRUNE_INSECURE_ACCEPT_NEW_HOST_KEY"
+
 
 class Device(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -28,6 +42,8 @@ class Device(BaseModel):
     user: str | None = None
     identity_file: str | None = None
     known_hosts: str | None = None
+    host_key_policy: HostKeyPolicy = Field(
+        "verify", description="unknown host key: refuse (verify) or trust and save it (accept-new)")
     ssh_config_alias: str | None = None
     python: str = "python3"
     workdir: str = "/tmp/edgeprune"
@@ -63,7 +79,29 @@ def devices_path(explicit: Path | None = None) -> Path | None:
     return cand if cand.exists() else None
 
 
-def load_devices(path: Path | None = None) -> list[Device]:
+def with_host_key_policy(device: Device, accept_new: bool) -> Device:
+    """``device`` with ``host_key_policy: accept-new`` when the user asked for it on this run.
+
+    ``accept_new=False`` leaves the configured policy alone: a run-time switch only ever
+    relaxes verification that the user asked to relax, it never overrides devices.yaml.
+    """
+    if not accept_new or device.kind != "ssh" or device.host_key_policy == "accept-new":
+        return device
+    return device.model_copy(update={"host_key_policy": "accept-new"})
+
+
+def accept_new_from_env() -> bool:
+    """Whether ``$EDGEPRUNE_INSECURE_ACCEPT_NEW_HOST_KEY=1`` asks for accept-new."""
+    return os.environ.get(ACCEPT_NEW_ENV) == "1"
+
+
+def load_devices(path: Path | None = None, accept_new_host_key: bool = False) -> list[Device]:
+    """The devices of ``path`` (see :func:`devices_path`), ``local`` always among them.
+
+    ``accept_new_host_key`` (``--insecure-accept-new-host-key``) or the environment
+    variable switch every SSH device to ``host_key_policy: accept-new``.
+    """
+    accept_new = accept_new_host_key or accept_new_from_env()
     p = devices_path(path)
     if p is None:
         return [LOCAL]
@@ -75,14 +113,15 @@ def load_devices(path: Path | None = None) -> list[Device]:
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError(f"{p}: device name(s) defined twice: {', '.join(dupes)}")
-    devs = list(parsed.devices)
+    devs = [with_host_key_policy(d, accept_new) for d in parsed.devices]
     if "local" not in names:
         devs.insert(0, LOCAL)
     return devs
 
 
-def get_device(name: str, path: Path | None = None) -> Device:
-    devs = load_devices(path)
+def get_device(name: str, path: Path | None = None, accept_new_host_key: bool = False) -> Device:
+    """One device by name; ``accept_new_host_key`` as in :func:`load_devices`."""
+    devs = load_devices(path, accept_new_host_key)
     for d in devs:
         if d.name == name:
             return d

@@ -1,25 +1,50 @@
-"""Hardware targets: one YAML file per target in ``targets/``.
+"""Hardware targets: one YAML file per target.
 
 A target says what code to generate (triple, CPU, features, accelerator), which backends
-to try in order of preference, and the options each backend gets. ``cpu: auto`` (the
-``host`` target) is resolved on this machine: features from /proc/cpuinfo, the exact
-LLVM CPU name by TVM when it compiles.
+to try in order of preference, the options each backend gets, and what its fp32 peak is
+(the roofline every report divides by).
+
+Where targets are found, first match by name wins (:func:`target_dirs`):
+
+1. ``$EDGEPRUNE_TARGETS_DIR`` (one folder), for targets kept outside any project;
+2. ``./targets`` of the current folder, a project's own boards;
+3. the targets shipped inside the package (``edgeprune/targets/*.yaml``, found through
+   :func:`edgeprune.paths.package_data`, so an installed wheel has them anywhere).
+
+A user file with a shipped name (``./targets/host.yaml``) replaces the shipped one.
+
+``cpu: auto`` (the shipped ``host`` target) means *this machine*: every ``auto`` field
+(``arch``, ``triple``, ``cores``, ``vector_bits``, ``fma_units``, ``clock_ghz``; empty
+``features``, ``int8``, ``bf16``) is filled from
+:func:`edgeprune.host.host_cpu` when the target is loaded, never assumed, and
+:meth:`Target.peak_description` says how the peak was computed from them. ``auto``
+is refused on any other target: a board's width cannot be read on the host.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from edgeprune import host
 from edgeprune.config.yamlfile import load_model_file
 from edgeprune.errors import ConfigError
+from edgeprune.host import HostCpu
+from edgeprune.paths import package_data
 
 KNOWN_BACKENDS = ("onnxruntime", "openvino", "tvm")
+TARGETS_ENV = "EDGEPRUNE_TARGETS_DIR"
+#: what an explicit board target gets when its file leaves the roofline fields out
+_BOARD_DEFAULTS = {"vector_bits": 128, "fma_units": 2}
+_HOST_ONLY = ("arch", "triple", "vector_bits", "fma_units")
+#: machine -> the GNU triple a host target builds for
+_TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
+
+Auto = Literal["auto"]
 
 
 class Target(BaseModel):
@@ -27,22 +52,29 @@ class Target(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
-    arch: Literal["x86_64", "aarch64"]
-    triple: str
+    arch: Literal["x86_64", "aarch64"] | Auto
+    triple: str = Field(description="GNU triple, or 'auto' (host only) for this machine's")
     cpu: str = Field(description="LLVM CPU name, or 'auto' to detect on this host")
     features: list[str] = Field(default_factory=list)
-    cores: int | Literal["auto"] = "auto"
+    cores: int | Auto = "auto"
     accelerator: Literal["none", "cuda", "opencl"] = "none"
     cuda_arch: str | None = None
-    vector_bits: int = Field(128, description="width of one FMA unit's vector, for the roofline")
-    fma_units: int = Field(2, ge=1)
-    clock_ghz: float | Literal["auto"] = "auto"
+    vector_bits: int | Auto = Field("auto", description="width of one FMA unit's datapath, for the roofline")
+    fma_units: int | Auto = Field("auto", description="FMA units per core, for the roofline")
+    clock_ghz: float | Auto = Field("auto", description="nominal clock; 'auto' reads this machine's")
+    int8: list[str] = Field(default_factory=list, description="int8 instruction sets (VNNI, AMX-INT8, dot product)")
+    bf16: list[str] = Field(default_factory=list, description="bf16 instruction sets (AVX512-BF16, AMX-BF16)")
     peak_gflops_override: float | None = Field(
         None, alias="peak_gflops", description="fp32 peak of an accelerator (GPU), used instead of the CPU formula"
     )
     backends: list[str] = Field(min_length=1, description="in order of preference")
     backend_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     source: str | None = Field(None, exclude=True)
+    #: where the host facts came from ("AVX2 from /proc/cpuinfo flags; clock: ..."), None
+    #: for a target whose numbers are all in its file
+    detected: str | None = Field(None, exclude=True)
+    #: fp32 register lanes of the detected host (AVX-512 on Zen 4: 16 lanes, 256-bit datapath)
+    detected_lanes: int | None = Field(None, exclude=True)
 
     @field_validator("backends")
     @classmethod
@@ -51,6 +83,20 @@ class Target(BaseModel):
         if bad:
             raise ValueError(f"unknown backend(s) {bad}; choose from {list(KNOWN_BACKENDS)}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_is_for_the_host(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("cpu") == "auto":
+            return data
+        data = dict(data)
+        for key, default in _BOARD_DEFAULTS.items():
+            data.setdefault(key, default)
+        bad = [k for k in _HOST_ONLY if data.get(k) == "auto"]
+        if bad:
+            raise ValueError(f"{', '.join(bad)}: 'auto' is detected on this machine, so only for cpu: auto; "
+                             "give the board's numbers")
+        return data
 
     # ---- resolved properties -------------------------------------------------------
     @property
@@ -63,84 +109,95 @@ class Target(BaseModel):
         return self.arch == platform.machine() and self.accelerator == "none"
 
     def num_cores(self) -> int:
-        return os.cpu_count() or 1 if self.cores == "auto" else int(self.cores)
+        return host.cores() if self.cores == "auto" else int(self.cores)
 
     def resolved_features(self) -> list[str]:
-        if self.features or not self.is_host:
-            return list(self.features)
-        return host_features()
+        return list(self.features)
 
     def fp32_lanes(self) -> int:
-        """fp32 SIMD lanes: the step size latency staircases follow."""
-        feats = self.resolved_features()
-        if self.is_host:
-            if "+avx512f" in feats:
-                return 16
-            if "+avx2" in feats or "+avx" in feats:
-                return 8
-            return 4
-        return max(1, self.vector_bits // 32)
+        """fp32 SIMD lanes of one register: the step size latency staircases follow."""
+        if self.detected_lanes:
+            return self.detected_lanes
+        return max(1, self._vector_bits() // 32)
 
     def clock(self) -> float:
-        return host_clock_ghz() if self.clock_ghz == "auto" else float(self.clock_ghz)
+        if self.clock_ghz == "auto":  # only an unresolved host target (built by hand)
+            return host.nominal_clock().ghz
+        return float(self.clock_ghz)
+
+    def _vector_bits(self) -> int:
+        return 128 if self.vector_bits == "auto" else int(self.vector_bits)
+
+    def _fma_units(self) -> int:
+        return 1 if self.fma_units == "auto" else int(self.fma_units)
 
     def peak_gflops(self) -> float:
         """Theoretical fp32 peak = cores x GHz x FMA units x lanes per unit x 2 (mul+add),
         or the accelerator's published peak when the target gives ``peak_gflops``."""
         if self.peak_gflops_override:
             return float(self.peak_gflops_override)
-        return self.num_cores() * self.clock() * self.fma_units * (self.vector_bits // 32) * 2
+        return self.num_cores() * self.clock() * self._fma_units() * (self._vector_bits() // 32) * 2
+
+    def peak_description(self) -> str:
+        """How :meth:`peak_gflops` was computed, in one line for reports, e.g.
+        ``2 cores x 2.60 GHz nominal x 2 FMA x 8 fp32 lanes x 2 = 166 GFLOP/s; AVX2 from
+        /proc/cpuinfo flags, clock from 'cpu MHz' in /proc/cpuinfo``."""
+        where = f" ({Path(self.source).name})" if self.source else ""
+        if self.peak_gflops_override:
+            return f"{self.peak_gflops():.0f} GFLOP/s: the accelerator's published fp32 peak, from the target file{where}"
+        text = (f"{self.num_cores()} cores x {self.clock():.2f} GHz nominal x {self._fma_units()} FMA x "
+                f"{self._vector_bits() // 32} fp32 lanes x 2 = {self.peak_gflops():.0f} GFLOP/s")
+        return f"{text}; {self.detected}" if self.detected else f"{text}; from the target file{where}"
 
     def options_for(self, backend: str) -> dict[str, Any]:
         return dict(self.backend_options.get(backend, {}))
 
+    def detected_on(self, cpu: HostCpu) -> Target:
+        """This target with every ``auto`` field filled from ``cpu`` (a host target only).
 
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-@lru_cache(maxsize=1)
-def host_features() -> list[str]:
-    flags: set[str] = set()
-    for line in _cpuinfo().splitlines():
-        if line.startswith(("flags", "Features")):
-            flags = set(line.split(":", 1)[1].split())
-            break
-    interesting = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "neon", "asimd", "asimddp"]
-    return [f"+{f}" for f in interesting if f in flags]
-
-
-@lru_cache(maxsize=1)
-def host_clock_ghz() -> float:
-    for line in _cpuinfo().splitlines():
-        if line.startswith("cpu MHz"):
-            try:
-                return float(line.split(":")[1]) / 1000.0
-            except ValueError:
-                break
-    return 2.0
-
-
-@lru_cache(maxsize=1)
-def host_cpu_model() -> str:
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+        Fields the file states are kept (a user may write the all-core boost clock).
+        """
+        if not self.is_host:
+            return self
+        update: dict[str, Any] = {}
+        said: list[str] = []
+        simd = cpu.simd
+        if self.arch == "auto":
+            update["arch"] = cpu.arch
+        if self.triple == "auto":
+            update["triple"] = _TRIPLES.get(cpu.arch, f"{cpu.arch}-linux-gnu")
+        if not self.features:
+            update["features"] = cpu.features()
+        if self.cores == "auto":
+            update["cores"] = cpu.cores
+        if self.vector_bits == "auto":
+            update["vector_bits"] = simd.vector_bits
+            update["detected_lanes"] = simd.fp32_lanes
+        if self.fma_units == "auto":
+            update["fma_units"] = simd.fma_units
+        if self.vector_bits == "auto" or self.fma_units == "auto":
+            said.append(f"{simd.isa} ({simd.fma_units} x {simd.vector_bits}-bit FMA) from /proc/cpuinfo flags")
+        if not self.int8:
+            update["int8"] = list(simd.int8)
+        if not self.bf16:
+            update["bf16"] = list(simd.bf16)
+        if self.clock_ghz == "auto":
+            update["clock_ghz"] = cpu.clock.ghz
+            said.append(f"clock from {cpu.clock.source}")
+        if said:
+            update["detected"] = f"{'; '.join(said)} ({cpu.model})"
+        return self.model_copy(update=update)
 
 
 def target_dirs() -> list[Path]:
-    """Where targets are looked up, first match wins: $EDGEPRUNE_TARGETS_DIR, ./targets,
-    then the targets shipped next to the package."""
+    """Where targets are looked up, first match wins: ``$EDGEPRUNE_TARGETS_DIR``,
+    ``./targets``, then the targets shipped in the package (see the module docstring)."""
     dirs = []
-    env = os.environ.get("EDGEPRUNE_TARGETS_DIR")
+    env = os.environ.get(TARGETS_ENV)
     if env:
-        dirs.append(Path(env))
+        dirs.append(Path(env).expanduser())
     dirs.append(Path.cwd() / "targets")
-    dirs.append(Path(__file__).resolve().parents[2] / "targets")
+    dirs.append(package_data("targets"))
     seen, out = set(), []
     for d in dirs:
         r = d.resolve()
@@ -150,11 +207,16 @@ def target_dirs() -> list[Path]:
     return out
 
 
-def load_target_file(path: Path) -> Target:
+def load_target_file(path: Path, cpu: HostCpu | None = None) -> Target:
+    """One target file, validated; a host target (``cpu: auto``) detected on ``cpu``
+    (default: this machine's, :func:`edgeprune.host.host_cpu`)."""
     t = load_model_file(Target, path)
     if t.name != path.stem:
         raise ConfigError(f"{path}: field 'name' is '{t.name}' but the file is named '{path.stem}.yaml'; make them match")
-    return t.model_copy(update={"source": str(path)})
+    t = t.model_copy(update={"source": str(path)})
+    if t.is_host:
+        t = t.detected_on(cpu or host.host_cpu())
+    return t
 
 
 def list_targets() -> list[Target]:
@@ -178,5 +240,5 @@ def get_target(name: str) -> Target:
     names = sorted({p.stem for d in target_dirs() for p in d.glob("*.yaml")})
     raise ConfigError(
         f"unknown target '{name}'. Choose from: {', '.join(names) or '(none found)'}",
-        "or add targets/<name>.yaml",
+        f"or add ./targets/<name>.yaml (or a folder named by ${TARGETS_ENV})",
     )

@@ -79,10 +79,6 @@ class GridSettings:
             pts.append(hi)
         return pts
 
-    def to_dict(self) -> dict:
-        return {"lanes": self.lanes, "density": self.density, "rel_tol": self.rel_tol,
-                "grid_2d": self.grid_2d, "checks_2d": self.checks_2d}
-
 
 def initial_points(lo: int, hi: int, s: GridSettings) -> list[int]:
     """The first widths to measure on an axis ``[lo, hi]`` (sorted, unique)."""

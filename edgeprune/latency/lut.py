@@ -17,110 +17,22 @@ A :class:`LayerTable` combines, for one family:
   ratios, exactly 1 on the two measured axes) corrects the smooth part that is not a
   product (fixed overheads, cache effects). Held-out check points measure how well this
   works per table (``check_error``).
+
+The points themselves are :class:`~edgeprune.latency.entry.LatencyEntry`; deciding
+what to measure next (missing, refinement, noisy points) is :mod:`~edgeprune.latency.points`.
 """
 
 from __future__ import annotations
 
 import bisect
-import datetime as _dt
 import statistics
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from edgeprune.bench.rounds import FAST_STATE_TOL, fast_rounds, fast_state_ms
+from edgeprune.latency.entry import LatencyEntry
 from edgeprune.latency.grid import GridSettings, Staircase, check_points, coarse_values, initial_points
 from edgeprune.prune.space import PrunableLayer, PruneSpace
-
-#: a point is re-measured (more interleaved rounds) when its rounds disagree by more than
-#: this (and much more than is typical for the table), at most MAX_REMEASURE times
-REMEASURE_SPREAD = 0.15
-MAX_REMEASURE = 2
-#: rounds added per re-measurement
-REMEASURE_ROUNDS = 3
-
-
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def robust_ms(rounds: Iterable[float]) -> float:
-    """The latency a table stores for a point: the median of its rounds in the fastest
-    state seen (each round is the median of a short series of inferences). The one place
-    this estimator is chosen.
-
-    Why not the median of all rounds: this 2-core VM switches into a slow state for 5-8 s
-    at a time (~28 % of the time, benchmarks/host_noise.py). Single-threaded work is not
-    affected at all (a 1-thread conv pinned to either CPU: 0.505-0.51 ms throughout); every
-    synchronisation between the two inference threads is (the hypervisor does not run both
-    vCPUs at once), so the slow state *adds* time per parallel op: a 2-thread conv runs
-    1.18x slower, mobilenetv2 (~60 ops) 1.65x. The median of 3-5 rounds lands in whichever
-    state the majority of a point's rounds saw, different for each point, and no
-    multiplicative reference can undo an additive penalty. The fast state is the one a
-    dedicated board is always in, and with rounds spread over a bundle at least one of a
-    point's rounds almost always catches it (all 3 slow: ~2 %); points whose fast level is
-    seen only once are measured again (``LatencyEntry.spread``). Rounds within
-    FAST_STATE_TOL of the fastest are that state (its own noise is a few %); their median,
-    not the minimum alone, is stored, so one lucky round does not set the value.
-    """
-    return fast_state_ms(rounds)
-
-
-@dataclass
-class LatencyEntry:
-    """One measured point. ``rounds`` are the medians of interleaved measurement rounds
-    (each a short series of timed inferences); ``ms`` is :func:`robust_ms` of them."""
-
-    ms: float
-    rounds: list[float] = field(default_factory=list)
-    runs: int = 0
-    measured: str = ""
-    scale: float = 1.0  # reference normalisation applied to the raw rounds (see profiler)
-    remeasured: int = 0  # how many times more rounds were added (noisy points)
-
-    @property
-    def spread(self) -> float:
-        """How uncertain ``ms`` is: (max - min) / median of the fast-state rounds, or, when
-        only one round reached the fast state, the gap from it to the next round (the fast
-        level is then unconfirmed, and a large gap gets the point measured again). 0 for
-        one round."""
-        if len(self.rounds) < 2:
-            return 0.0
-        fast = fast_rounds(self.rounds)
-        if len(fast) == 1:
-            lo, nxt = sorted(self.rounds)[:2]
-            return (nxt - lo) / lo if lo > 0 else 0.0
-        mid = statistics.median(fast)
-        return (max(fast) - min(fast)) / mid if mid > 0 else 0.0
-
-    def merged(self, rounds: list[float], runs: int, scale: float = 1.0) -> "LatencyEntry":
-        allr = list(self.rounds) + list(rounds)
-        return LatencyEntry(ms=robust_ms(allr), rounds=allr, runs=self.runs + runs, measured=now_iso(),
-                            scale=scale, remeasured=self.remeasured + 1)
-
-    @classmethod
-    def from_rounds(cls, rounds: list[float], runs: int, scale: float = 1.0) -> "LatencyEntry":
-        return cls(ms=robust_ms(rounds), rounds=list(rounds), runs=runs, measured=now_iso(), scale=scale)
-
-    def rescaled(self, factor: float) -> "LatencyEntry":
-        return LatencyEntry(ms=self.ms * factor, rounds=[r * factor for r in self.rounds], runs=self.runs,
-                            measured=self.measured, scale=self.scale * factor, remeasured=self.remeasured)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {"ms": round(self.ms, 6), "rounds": [round(r, 6) for r in self.rounds], "runs": self.runs,
-             "measured": self.measured, "scale": round(self.scale, 6)}
-        if self.remeasured:
-            d["remeasured"] = self.remeasured
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "LatencyEntry":
-        rounds = [float(r) for r in d.get("rounds", [])]
-        # ``ms`` is derived: recomputed from the stored rounds, so tables written with an
-        # older estimator read the same way as new ones
-        return cls(ms=robust_ms(rounds) if rounds else float(d["ms"]), rounds=rounds, runs=int(d.get("runs", 0)),
-                   measured=str(d.get("measured", "")), scale=float(d.get("scale", 1.0)),
-                   remeasured=int(d.get("remeasured", 0)))
 
 
 @dataclass(frozen=True)
@@ -383,69 +295,6 @@ class LatencyTable:
     def complete(self) -> bool:
         return all(t.complete for t in self.tables.values())
 
-    def needed(self) -> list[Point]:
-        """What to measure next (empty when the table is final): missing planned points,
-        then refinement points, then noisy points that deserve more rounds."""
-        seen: dict[str, Point] = {}
-        for t in self.tables.values():
-            for p in t.missing:
-                seen.setdefault(p.signature, p)
-        if not seen:
-            for t in self.tables.values():
-                for p in t.refinement():
-                    if p.signature not in self.entries:
-                        seen.setdefault(p.signature, p)
-        return list(seen.values())
-
-    def noisy(self) -> list[Point]:
-        """Measured points whose interleaved rounds disagree: measure them again."""
-        out: dict[str, Point] = {}
-        used = [self.entries[s] for s in self.used_signatures()]
-        typical = statistics.median([e.spread for e in used]) if used else 0.0
-        # on a busy machine every point is noisy: only re-measure the outliers among them
-        limit = max(REMEASURE_SPREAD, 3 * typical)
-        for t in self.tables.values():
-            spikes = {p.signature for p in t.spikes()}
-            for p in t.points():
-                e = self.entries.get(p.signature)
-                if e is None or e.remeasured >= MAX_REMEASURE:
-                    continue
-                # a spike (sticks out of two agreeing neighbours) gets one second look
-                if e.spread > limit or (p.signature in spikes and e.remeasured == 0):
-                    out.setdefault(p.signature, p)
-        return list(out.values())
-
     def used_signatures(self) -> set[str]:
         return {p.signature for t in self.tables.values() for p in t.points() if p.signature in self.entries}
 
-
-Measure = Callable[[list[Point], bool], Mapping[str, str]]
-
-
-def complete_table(
-    space: PruneSpace,
-    entries: dict[str, LatencyEntry],
-    grid: GridSettings,
-    measure: Measure,
-    status: Callable[[LatencyTable, list[Point], bool], None] | None = None,
-    max_iterations: int = 200,
-) -> tuple[LatencyTable, dict[str, str]]:
-    """Measure until the table needs nothing more: planned points, then refinement, then
-    noisy points. ``measure(points, remeasure)`` must add what it measured to ``entries``
-    and return ``{signature: error}`` for points it could not measure (never retried).
-    The plan depends only on ``entries``, so a cached table needs no measurement.
-    Returns the final table and the failures."""
-    failures: dict[str, str] = {}
-    for _ in range(max_iterations):  # a fixpoint; the bound only guards against a planning bug
-        table = LatencyTable(space, entries, grid)
-        todo = [p for p in table.needed() if p.signature not in failures]
-        remeasure = False
-        if not todo:
-            todo = [p for p in table.noisy() if p.signature not in failures]
-            remeasure = True
-        if not todo:
-            return table, failures
-        if status is not None:
-            status(table, todo, remeasure)
-        failures.update(measure(todo, remeasure))
-    return LatencyTable(space, entries, grid), failures

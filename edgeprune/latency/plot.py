@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgeprune.latency.profiler import ProfileResult
+    from edgeprune.latency.records import ProfileResult
 
 
 def _fname(name: str) -> str:

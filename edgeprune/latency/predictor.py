@@ -29,7 +29,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from edgeprune.latency.lut import LatencyEntry, LatencyTable
+from edgeprune.latency.entry import LatencyEntry
+from edgeprune.latency.lut import LatencyTable
 from edgeprune.prune.space import PrunableLayer, PruneSpace
 
 METHODS = ("additive", "activation", "proportional", "overhead", "linear")  # simplest first: wins ties
@@ -152,10 +153,6 @@ class LatencyPredictor:
         get = widths.get
         return float(sum(act * (get(og or ig or "", co0) if dw else (get(og, co0) if og else co0))
                          for ig, og, ci0, co0, dw, ms, act in self._layers))
-
-    def breakdown(self, widths: Mapping[str, int]) -> dict[str, float]:
-        """Per-layer table entries (ms) under ``widths``."""
-        return {layer.name: l[5](*self._dims(widths, *l[:5])) for layer, l in zip(self.space.layers, self._layers)}
 
     # ---- calibration ---------------------------------------------------------------------
     def _apply(self, method: str, s: float, act: float) -> float:

@@ -1,6 +1,7 @@
 """Latency tables on disk: one versioned JSON file per measurement context.
 
-Location: ``$EDGEPRUNE_CACHE/lut/`` (default ``~/.cache/edgeprune/lut/``), then
+Location: :func:`lut_root` (``$EDGEPRUNE_CACHE/lut/``, default ``~/.cache/edgeprune/lut/``,
+through :func:`edgeprune.paths.cache_dir`), then
 ``<target>/<device>/<backend>-<backend version>-t<threads>-<target fingerprint>.json``.
 Everything that changes a measurement is in the path *and* repeated in the file's
 ``key``: the target (and a fingerprint of its resolved definition: CPU, features,
@@ -39,9 +40,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import BenchError, ConfigError
-from edgeprune.latency.lut import LatencyEntry, now_iso
+from edgeprune.latency.entry import LatencyEntry, now_iso
+from edgeprune.paths import cache_dir
 
 if TYPE_CHECKING:
+    from edgeprune.config.devices import Device
     from edgeprune.config.targets import Target
 
 LUT_FORMAT = "edgeprune-lut"
@@ -53,15 +56,14 @@ class StaleTableError(BenchError):
     """A pinned latency table was measured in a different context (backend version, target...)."""
 
 
-def cache_root() -> Path:
-    env = os.environ.get("EDGEPRUNE_CACHE")
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "edgeprune"
-    return base / "lut"
+def lut_root() -> Path:
+    """Where latency tables live by default (``$EDGEPRUNE_CACHE/lut``)."""
+    return cache_dir("lut")
 
 
 def target_fingerprint(target: "Target", backend: str) -> str:
     """Hash of everything about a target that changes generated code or timings."""
-    from edgeprune.config.targets import host_cpu_model
+    from edgeprune.host import cpu_model
 
     d = {
         "arch": target.arch, "triple": target.triple, "cpu": target.cpu,
@@ -70,7 +72,7 @@ def target_fingerprint(target: "Target", backend: str) -> str:
         "backend_options": target.options_for(backend),
     }
     if target.is_host:
-        d["host_cpu"] = host_cpu_model()
+        d["host_cpu"] = cpu_model()
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -86,7 +88,7 @@ class TableKey:
     backend: str
     backend_version: str
     threads: int
-    #: what a layer point's time is: "wall" or "kernel" (runner.TIMING_MODES); tables of
+    #: what a layer point's time is: "wall" or "kernel" (edgeprune.runner.timing.TIMING_MODES); tables of
     #: the two never mix (a kernel table has no per-call overhead or layout conversions)
     timing: str = "wall"
 
@@ -115,6 +117,15 @@ class TableKey:
     def from_dict(cls, d: Mapping[str, Any]) -> "TableKey":
         d = {"timing": "wall", **d}  # tables written before timing modes existed are wall-clock
         return cls(**{k: (int(d[k]) if k == "threads" else str(d[k])) for k in cls.__dataclass_fields__})
+
+
+def table_key(target: "Target", device: "Device", backend: str, threads: int, timing: str = "wall") -> TableKey:
+    """The measurement context of a table of ``target`` on ``device`` with ``backend``."""
+    from edgeprune.compile.backends import get_backend
+
+    return TableKey(target=target.name, target_fingerprint=target_fingerprint(target, backend), device=device.name,
+                    backend=backend, backend_version=get_backend(backend).version(), threads=int(threads),
+                    timing=timing)
 
 
 @dataclass
@@ -214,10 +225,21 @@ class LUTStore:
     """Finds, loads and saves latency tables under a cache root."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root else cache_root()
+        self.root = Path(root) if root else lut_root()
 
     def path_for(self, key: TableKey) -> Path:
         return self.root / key.relpath()
+
+    def tables(self) -> Iterator[TableFile]:
+        """Every readable table under the root, in path order, whatever its context
+        (for browsing, e.g. the report's staircases); other or broken files are skipped."""
+        if not self.root.is_dir():
+            return
+        for p in sorted(self.root.rglob("*.json")):
+            try:
+                yield read_table(p)
+            except (ConfigError, BenchError):
+                continue
 
     def stale_tables(self, key: TableKey) -> list[tuple[Path, list[str]]]:
         """Tables for the same target/device/backend/threads measured in another context."""
@@ -275,10 +297,11 @@ class LUTStore:
     ) -> tuple[TableFile, float]:
         """Merge new entries/models into the file at ``path`` under its lock.
 
-        Entries are in units of the caller's ``reference`` (see the profiler). If the
-        file already has a different reference (another profiler got there first), the
-        new entries are rescaled to the file's and the factor is returned, so the caller
-        continues in the file's units. Returns (merged contents, factor)."""
+        Entries are in units of the caller's ``reference``
+        (:class:`edgeprune.latency.series.TableUnit`). If the file already has a different
+        reference (another profiler got there first), the new entries are rescaled to the
+        file's and the factor is returned, so the caller continues in the file's units.
+        Returns (merged contents, factor)."""
         path = Path(path)
         factor = 1.0
         with locked(path):

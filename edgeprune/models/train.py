@@ -10,7 +10,7 @@ Used to train the zoo once (cached) and, later, to fine-tune pruned models.
 from __future__ import annotations
 
 import contextlib
-import os
+import contextvars
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeprune.host import busy_cores, usable_cores
 from edgeprune.models.base import DataSplit, ModelData, Task
 
 Log = Callable[[str], None]
@@ -51,14 +52,6 @@ class TrainResult:
     threads: int
 
 
-def available_cores() -> int:
-    """Cores this process may run on (affinity-aware; containers often restrict it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def suggested_threads() -> int:
     """Threads for training: the available cores minus those other processes keep busy.
 
@@ -67,13 +60,13 @@ def suggested_threads() -> int:
     recommender 4-7x faster than two), so we only use cores that look idle, and at
     least one.
     """
-    from edgeprune.bench.host_load import busy_cores
-
-    cores = available_cores()
+    cores = usable_cores()
     return max(1, min(cores, round(cores - busy_cores(0.3))))
 
 
-_THREADS_DEPTH = 0  # how many torch_threads contexts are open (the outermost one chooses)
+#: the thread count an enclosing torch_threads chose (None outside any): dynamic scope,
+#: so it is a context variable (per thread / task), not a module global
+_OUTER_THREADS: contextvars.ContextVar[int | None] = contextvars.ContextVar("edgeprune_torch_threads", default=None)
 
 
 @contextlib.contextmanager
@@ -83,17 +76,16 @@ def torch_threads(n: int | None = None) -> Iterator[int]:
     caller's."""
     import torch
 
-    global _THREADS_DEPTH
     old = torch.get_num_threads()
     # nested inside another torch_threads (a search's short recoveries inside prune_model):
     # keep the outer choice instead of sampling the machine's load again for every step
-    n = n or (old if _THREADS_DEPTH else suggested_threads())
+    n = n or (old if _OUTER_THREADS.get() is not None else suggested_threads())
     torch.set_num_threads(n)
-    _THREADS_DEPTH += 1
+    token = _OUTER_THREADS.set(n)
     try:
         yield n
     finally:
-        _THREADS_DEPTH -= 1
+        _OUTER_THREADS.reset(token)
         torch.set_num_threads(old)
 
 

@@ -1,9 +1,9 @@
 """The built-in model zoo: ``zoo:NAME`` -> a ready :class:`LoadedModel`.
 
-Trainable entries are trained once, on first use, and their ``state_dict`` cached under
-``$EDGEPRUNE_CACHE`` (default ``~/.cache/edgeprune``) as
-``models/<name>-<key>.pt``, where ``key`` hashes everything that decides the weights:
-architecture config, data config (including its seed), training config and
+Trainable entries are trained once, on first use, and their ``state_dict`` cached as
+``<name>-<key>.pt`` under ``edgeprune.paths.cache_dir("models")`` (``$EDGEPRUNE_CACHE/models``,
+default ``~/.cache/edgeprune/models``), where ``key`` hashes everything that decides the
+weights: architecture config, data config (including its seed), training config and
 ``ZOO_CODE_VERSION``. Bump ``ZOO_CODE_VERSION`` whenever a change to archs, data or
 the training loop would change the trained weights; stale files are then simply never
 read again. A cached file that cannot be read or no longer fits its architecture is
@@ -35,6 +35,7 @@ import numpy as np
 
 from edgeprune import __version__
 from edgeprune.errors import ModelError
+from edgeprune.paths import cache_dir
 from edgeprune.models.base import LoadedModel, ModelData
 from edgeprune.registry import Registry
 
@@ -186,15 +187,10 @@ def list_zoo() -> list[tuple[str, str]]:
     return [(name, ZOO.get(name).description) for name in ZOO.names()]
 
 
-def cache_dir() -> Path:
-    """Where trained zoo weights live: ``$EDGEPRUNE_CACHE`` or ``~/.cache/edgeprune``."""
-    root = os.environ.get("EDGEPRUNE_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "edgeprune"
-
-
 def cache_path(name: str) -> Path:
+    """Where the trained weights of zoo model ``name`` live (under ``cache_dir("models")``)."""
     entry = ZOO.get(name)
-    return cache_dir() / "models" / f"{entry.name}-{entry.cache_key()}.pt"
+    return cache_dir("models") / f"{entry.name}-{entry.cache_key()}.pt"
 
 
 def load_zoo(name: str, *, log: Log = _stderr, trained: bool = True) -> LoadedModel:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import ModelError, PruneError
+from edgeprune.prune.rnn import RNN_TYPES, RNNUnitPruner
 from edgeprune.prune.space import PrunableLayer, PruneGroup, PruneSpace
 
 __all__ = [
@@ -42,84 +43,6 @@ __all__ = [
     "keep_by_importance",
     "named_module",
 ]
-
-_RNN_TYPES = (nn.LSTM, nn.GRU)
-
-
-def _gates(layer: nn.Module) -> int:
-    return 4 if isinstance(layer, nn.LSTM) else 3
-
-
-class RNNUnitPruner:
-    """Gate-aware pruning of LSTM/GRU hidden units, as a torch-pruning layer pruner.
-
-    Weight layout (PyTorch): ``weight_ih_l{k}`` is ``[G*H, in]`` and ``weight_hh_l{k}``
-    ``[G*H, H]`` with G gate blocks of H rows each (LSTM: i, f, g, o; GRU: r, z, n);
-    biases are ``[G*H]``. Removing unit j removes row j of every gate block in every
-    layer, column j of every ``weight_hh``, column j of ``weight_ih`` of the layers above
-    the first, and (through the dependency graph) input j of the next layer.
-    Unidirectional, ``proj_size == 0`` only (``build_space`` keeps the others whole).
-    """
-
-    TARGET_MODULES = _RNN_TYPES
-
-    def __init__(self) -> None:
-        self.pruning_dim = 1
-
-    @staticmethod
-    def _keep(n: int, idxs: Sequence[int]) -> torch.Tensor:
-        drop = set(int(i) for i in idxs)
-        return torch.tensor([i for i in range(n) if i not in drop], dtype=torch.long)
-
-    @staticmethod
-    def _set(layer: nn.Module, name: str, value: torch.Tensor) -> None:
-        # RNNBase.__setattr__ refreshes _flat_weights when a weight is replaced
-        setattr(layer, name, nn.Parameter(value.contiguous(), requires_grad=getattr(layer, name).requires_grad))
-
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        if layer.bidirectional or getattr(layer, "proj_size", 0):
-            raise PruneError(f"cannot prune hidden units of a bidirectional / projected {type(layer).__name__}")
-        h = layer.hidden_size
-        keep = self._keep(h, idxs)
-        rows = torch.cat([keep + g * h for g in range(_gates(layer))])
-        for k in range(layer.num_layers):
-            w_ih = getattr(layer, f"weight_ih_l{k}").data
-            w_ih = w_ih[rows]
-            if k > 0:
-                w_ih = w_ih[:, keep]
-            self._set(layer, f"weight_ih_l{k}", w_ih)
-            self._set(layer, f"weight_hh_l{k}", getattr(layer, f"weight_hh_l{k}").data[rows][:, keep])
-            if layer.bias:
-                for b in ("bias_ih", "bias_hh"):
-                    self._set(layer, f"{b}_l{k}", getattr(layer, f"{b}_l{k}").data[rows])
-        layer.hidden_size = int(keep.numel())
-        layer.flatten_parameters()
-        return layer
-
-    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
-        keep = self._keep(layer.input_size, idxs)
-        for sfx in ("", "_reverse") if layer.bidirectional else ("",):
-            self._set(layer, f"weight_ih_l0{sfx}", getattr(layer, f"weight_ih_l0{sfx}").data[:, keep])
-        layer.input_size = int(keep.numel())
-        layer.flatten_parameters()
-        return layer
-
-    def get_out_channels(self, layer: nn.Module) -> int:
-        return layer.hidden_size
-
-    def get_in_channels(self, layer: nn.Module) -> int:
-        return layer.input_size
-
-    def get_in_channel_groups(self, layer: nn.Module) -> int:
-        return 1
-
-    def get_out_channel_groups(self, layer: nn.Module) -> int:
-        return 1
-
-    def __call__(self, layer: nn.Module, idxs: Sequence[int], to_output: bool = True) -> nn.Module:
-        fn = self.prune_out_channels if to_output else self.prune_in_channels
-        return fn(layer, sorted(idxs))
-
 
 @dataclass
 class _Cut:
@@ -142,7 +65,6 @@ class TracedSpace(PruneSpace):
     plans: dict[str, list[_Cut]] = field(default_factory=dict, repr=False, compare=False)
     example_inputs: list[torch.Tensor] = field(default_factory=list, repr=False, compare=False)
     output_shapes: list[tuple[int, ...]] = field(default_factory=list, repr=False, compare=False)
-    module_names: list[str] = field(default_factory=list, repr=False, compare=False)
     keep_layers: tuple[str, ...] = ()
 
     def rebuild(self, module: nn.Module) -> "TracedSpace":
@@ -209,7 +131,7 @@ def _record_shapes(module: nn.Module) -> tuple[dict[str, dict[str, Any]], list[A
     shapes: dict[str, dict[str, Any]] = {}
     handles = []
     for name, m in module.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, *_RNN_TYPES)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, *RNN_TYPES)):
             def hook(mod, inp, out, name=name):
                 x = inp[0] if isinstance(inp, tuple) and inp else inp
                 if isinstance(x, torch.Tensor):
@@ -255,7 +177,7 @@ def build_space(
     output_shapes = [tuple(t.shape) for t in _flat_outputs(ref_out)]
 
     rnn_pruner = RNNUnitPruner()
-    rewires = [m.register_forward_hook(_rnn_rewire_hook) for m in model.modules() if isinstance(m, _RNN_TYPES)]
+    rewires = [m.register_forward_hook(_rnn_rewire_hook) for m in model.modules() if isinstance(m, RNN_TYPES)]
     dg = tp.DependencyGraph()
     traced_out: list[Any] = []
 
@@ -291,7 +213,7 @@ def build_space(
     plans: dict[str, list[_Cut]] = {}
     out_owner: dict[str, str] = {}  # module name -> group id cutting its outputs
     in_owner: dict[str, tuple[str, int]] = {}  # module name -> (group id, number of input idxs)
-    roots = (nn.Conv1d, nn.Conv2d, nn.Linear, *_RNN_TYPES)
+    roots = (nn.Conv1d, nn.Conv2d, nn.Linear, *RNN_TYPES)
     visited: set[nn.Module] = set()
     order = [m for _, m in model.named_modules() if m in dg.module2node and isinstance(m, roots)]
 
@@ -339,7 +261,7 @@ def build_space(
                 touched.append(tname)
             if isinstance(tmod, nn.Embedding):
                 reasons.append(f"embedding '{tname}' is not pruned")
-            if isinstance(tmod, _RNN_TYPES) and (tmod.bidirectional or getattr(tmod, "proj_size", 0)):
+            if isinstance(tmod, RNN_TYPES) and (tmod.bidirectional or getattr(tmod, "proj_size", 0)):
                 reasons.append(f"'{tname}' is bidirectional or projected")
             if isinstance(tmod, (nn.Conv1d, nn.Conv2d)) and 1 < tmod.groups and not (
                 tmod.groups == tmod.in_channels == tmod.out_channels
@@ -357,7 +279,7 @@ def build_space(
 
     space = TracedSpace(
         groups=groups, layers=[], notes=notes, plans=plans, example_inputs=inputs,
-        output_shapes=output_shapes, module_names=names, keep_layers=tuple(keep_layers),
+        output_shapes=output_shapes, keep_layers=tuple(keep_layers),
     )
     _check_plans(module, space)
     space.layers = _layers(model, space, shapes, out_owner, in_owner)
@@ -396,7 +318,7 @@ def _layers(
 
     layers: list[PrunableLayer] = []
     for name, m in model.named_modules():
-        if name not in shapes or not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, *_RNN_TYPES)):
+        if name not in shapes or not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear, *RNN_TYPES)):
             continue
         shape = shapes[name]["shape"]
         out_g = live(out_owner.get(name))

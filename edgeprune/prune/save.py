@@ -12,7 +12,7 @@ import numpy as np
 
 from edgeprune.errors import ModelError
 from edgeprune.models.base import LoadedModel
-from edgeprune.prune.api import PruneResult, pruned_loaded_model
+from edgeprune.prune.options import PruneResult, pruned_loaded_model
 
 
 @dataclass

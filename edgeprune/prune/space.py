@@ -80,6 +80,17 @@ class PrunableLayer:
         parts.append("b" if self.bias else "nb")
         return "-".join(parts)
 
+    @staticmethod
+    def split_signature(signature: str) -> tuple[str, int, int, str] | None:
+        """The inverse of :meth:`signature` for readers of stored points (reports):
+        ``(kind, cin, cout, the rest of the shape)``, or None if it is not one."""
+        kind, _, rest = signature.partition("-i")
+        cin, _, rest = rest.partition("-o")
+        cout, _, shape = rest.partition("-")
+        if not kind.isalpha() or not cin.isdigit() or not cout.isdigit() or not shape:
+            return None
+        return kind, int(cin), int(cout), shape
+
     def macs(self, cin: int, cout: int) -> int:
         if self.kind == "conv":
             h, w = self.input_hw or (1, 1)

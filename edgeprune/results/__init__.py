@@ -1,9 +1,14 @@
-"""Results: the SQLite store of every measurement, regression detection, the nightly
-matrix runner and the reports (HTML / Markdown / JSON / JUnit) rendered from the store.
+"""Results: the SQLite store of every measurement, regression detection, and the reports
+(HTML / Markdown / JSON / JUnit) rendered from the store.
 
-    store.py        ResultsStore: runs, measurements, verdicts (WAL, transactions, migrations)
+    schema.py       the tables and their versioned migrations
+    records.py      the typed rows: Run, Measurement, VerdictRecord
+    store.py        ResultsStore: runs, measurements, verdicts (WAL, transactions, queries)
+    record.py       a compile/bench summary -> a run and its measurements
     fingerprint.py  the environment a number was measured in, and its series hash
     detect.py       SLOWER / FASTER / SAME / UNKNOWN with effect size and confidence interval
-    nightly.py      the matrix file, running it, baselines, verdicts, exit status
-    report.py       rendering the store into reports people read
+    evaluate.py     judging a cell against its baseline (latency, accuracy, parity)
+    report/         rendering the store into reports people read
+
+Running a nightly matrix is an orchestrator's job: :mod:`edgeprune.flows.nightly`.
 """

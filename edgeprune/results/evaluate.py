@@ -25,7 +25,8 @@ import numpy as np
 
 from edgeprune.results import fingerprint
 from edgeprune.results.detect import DetectSettings, Verdict, check_accuracy, compare
-from edgeprune.results.store import Measurement, ResultsStore, VerdictRecord
+from edgeprune.results.records import Measurement, VerdictRecord
+from edgeprune.results.store import ResultsStore
 
 #: latency verdicts besides detect.Verdict
 NEW_SERIES = "NEW_SERIES"
@@ -221,3 +222,20 @@ def judge(store: ResultsStore, run_id: int, current: list[Measurement], policy: 
         if v is not None:
             out.verdicts.append(v)
     return out
+
+
+def another_batch(outcome: CellOutcome, policy: Policy) -> str | None:
+    """Why the cell should be measured once more before its verdict stands, or None.
+
+    An UNKNOWN latency verdict gets up to ``max_remeasure`` more batches, judged together
+    with the first; a first SLOWER is confirmed by one more batch (a fresh runner
+    process) before anyone is paged, so a slow episode of a shared machine has to last
+    across two processes to count.
+    """
+    if len(outcome.measurements) > policy.max_remeasure:
+        return None
+    if outcome.unknown:
+        return "measuring again"
+    if outcome.slower and len(outcome.measurements) == 1:
+        return "confirming"
+    return None

@@ -27,6 +27,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from edgeprune.host import cpu_model
+
 #: the keys of a fingerprint that say *which machine* (the series depends on them)
 #: (``platform`` is Python's platform.platform(): OS, kernel release and libc in one string)
 MACHINE_KEYS = ("cpu_model", "arch", "cores", "governor", "platform", "python")
@@ -58,15 +60,6 @@ def _read(path: str) -> str | None:
         return Path(path).read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
         return None
-
-
-def cpu_model() -> str:
-    info = _read("/proc/cpuinfo") or ""
-    for line in info.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("model name", "Model", "Hardware", "cpu model") and value.strip():
-            return value.strip()
-    return platform.processor() or platform.machine()
 
 
 def governor() -> str | None:

@@ -1,48 +1,46 @@
 """Turning what a pipeline run produced into rows of the results database.
 
-``edgeprune compile`` / ``bench`` call :func:`record_summary` once the pipeline returns;
-the nightly runner uses :func:`measurements_from_summary` and stores the rows itself,
-inside its own run.
+``edgeprune compile`` / ``bench`` call :func:`record_summary` once the pipeline returns,
+with a :class:`RecordOptions` built from ``--db``; the nightly flow uses
+:func:`measurements_from_summary` and stores the rows itself, inside its own run.
 """
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.results import fingerprint
-from edgeprune.results.store import Measurement, ResultsStore, default_db_path, file_sha256
+from edgeprune.results.records import Measurement, file_sha256
+from edgeprune.results.store import ResultsStore, default_db_path
 
 if TYPE_CHECKING:
-    from edgeprune.compile.summary import BackendResult, CompileSummary
-
-#: keys of ``summary.pruned`` that tell pruned variants of one model apart
-_VARIANT_KEYS = ("strategy", "importance", "latency_budget", "budget", "latency_ms_budget", "target_latency_ms")
+    from edgeprune.compile.summary import CompileSummary
 
 
-def artifact_files(path: str | Path | None) -> list[Path]:
-    """The files an artifact consists of (OpenVINO IR is an .xml plus its .bin)."""
-    if not path:
-        return []
-    p = Path(path)
-    files = [p]
-    if p.suffix == ".xml":
-        files.append(p.with_suffix(".bin"))
-    return files
+@dataclass(frozen=True)
+class RecordOptions:
+    """Where a compile/bench run is recorded (``--db``), and when it started.
 
+    ``db`` None means ``$EDGEPRUNE_DB`` or ``./results.sqlite``; ``"none"`` / ``"off"``
+    disables recording. ``started`` is the ISO time the command began (the run's start
+    is the user's, not the moment the pipeline returned); None: when it is recorded.
+    """
 
-def variant_of(summary: "CompileSummary") -> tuple[bool, str, dict[str, Any]]:
-    """(pruned, variant key, variant info) of a summary."""
-    if summary.pruned is None:
-        return False, "", {}
-    pr = summary.pruned.to_dict()
-    key_parts = [f"{k}={pr[k]}" for k in _VARIANT_KEYS if pr.get(k) is not None]
-    info = {"pruned": pr, "original": summary.original.to_dict()}
-    return True, "pruned" + (" " + " ".join(key_parts) if key_parts else ""), info
+    db: str | Path | None = None
+    started: str | None = None
+
+    @property
+    def path(self) -> Path | None:
+        return default_db_path(self.db)
 
 
 def is_local(summary: "CompileSummary", host_env: dict[str, Any], local: bool | None) -> bool:
+    """Whether ``summary`` was measured on this host (then the host's fingerprint is the
+    device's): said by the caller, or the ``local`` device, or a device reporting this
+    host's platform and CPU."""
     if local is not None:
         return local
     if summary.device == "local":
@@ -51,44 +49,9 @@ def is_local(summary: "CompileSummary", host_env: dict[str, Any], local: bool | 
     return bool(dev) and dev.get("platform") == host_env.get("platform") and dev.get("cpu_model") == host_env.get("cpu_model")
 
 
-def measurement_from_backend(
-    summary: "CompileSummary", b: "BackendResult", host_env: dict[str, Any], local: bool,
-    model_hash: str | None, variant: str = "", variant_info: dict[str, Any] | None = None, attempt: int = 0,
-) -> Measurement:
-    pruned = summary.pruned is not None
-    env = fingerprint.merge(b.env, host_env, local) if b.env else {}
-    threads = b.threads
-    version = b.backend_version or (b.env or {}).get("runtime_version")
-    error = b.error
-    if error is None and b.latency_ms is None:
-        error = "not benchmarked" + (f": {summary.notes[-1]}" if summary.notes else "")
-    return Measurement(
-        model=summary.model,
-        backend=b.name,
-        target=summary.target,
-        device=summary.device,
-        ok=b.ok,
-        error=error,
-        model_hash=model_hash,
-        artifact_hash=file_sha256(artifact_files(b.artifact)),
-        backend_version=version,
-        emulated=summary.emulated,
-        times_ms=list(b.times_ms or []),
-        median_ms=b.latency_ms.median if b.latency_ms else None,
-        p90_ms=b.latency_ms.p90 if b.latency_ms else None,
-        cv=b.latency_ms.cv if b.latency_ms else None,
-        accuracy=b.accuracy,
-        parity_max_diff=b.max_abs_diff,
-        parity_tolerance=b.tolerance,
-        verified=b.verified,
-        threads=threads,
-        pruned=pruned,
-        variant=variant,
-        variant_info=variant_info or {},
-        env=env,
-        series=fingerprint.series_key(env, b.name, version, threads) if env else None,
-        attempt=attempt,
-    )
+def model_hash_of(summary: "CompileSummary") -> str | None:
+    """sha256 of the ONNX model a summary measured (its cell's model identity)."""
+    return file_sha256([Path(summary.out_dir) / "model.onnx"]) if summary.out_dir else None
 
 
 def measurements_from_summary(
@@ -98,10 +61,9 @@ def measurements_from_summary(
     """One :class:`Measurement` per backend of ``summary`` (or of ``backends``)."""
     host_env = host_env if host_env is not None else fingerprint.collect()
     loc = is_local(summary, host_env, local)
-    model_hash = file_sha256([Path(summary.out_dir) / "model.onnx"]) if summary.out_dir else None
-    pruned, variant, info = variant_of(summary)
+    model_hash = model_hash_of(summary)
     return [
-        measurement_from_backend(summary, b, host_env, loc, model_hash, variant, info)
+        Measurement.from_backend_result(summary, b, host_env=host_env, local=loc, model_hash=model_hash)
         for b in summary.backends
         if backends is None or b.name in backends
     ]

@@ -1,17 +1,9 @@
 """The results database: one SQLite file, every measurement edgeprune ever made.
 
-Tables (schema version in ``schema_version``; :data:`MIGRATIONS` upgrades old files):
-
-- ``runs``: one row per invocation (``compile``, ``bench``, ``profile``, ``nightly``) with
-  its status (``running`` -> ``complete`` | ``incomplete`` | ``failed``), start and end,
-  the git revision of the user's repository, the edgeprune version and the environment
-  fingerprint (JSON + hash).
-- ``measurements``: one row per backend measured: model spec + sha256 of the ONNX model,
-  artifact hash, backend + version, target, device, emulated flag, *every per-run time*
-  (JSON), median / p90, accuracy, parity, threads, pruned variant, the device's
-  fingerprint and its series key (see :mod:`edgeprune.results.fingerprint`).
-- ``verdicts``: what regression detection concluded for a measurement (latency,
-  accuracy, parity), with effect size, confidence interval and the baseline used.
+:class:`ResultsStore` opens (and creates, and upgrades: :mod:`edgeprune.results.schema`)
+the file and answers the queries the rest of ``results`` asks: runs, measurements of a
+run or a cell, a cell's good history, verdicts. The rows are the typed records of
+:mod:`edgeprune.results.records`.
 
 Durability: WAL journal, ``BEGIN IMMEDIATE`` write transactions with a busy timeout (so
 concurrent nightly runs queue instead of failing or corrupting), every measurement
@@ -22,20 +14,20 @@ committed as soon as it exists. A run whose process died while ``running`` is ma
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
-import re
 import socket
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.durations import GRAMMAR, parse_duration
+from edgeprune.errors import ResultsError
+from edgeprune.results import schema
+from edgeprune.results.records import Cell, Measurement, Run, VerdictRecord, now, parse_time
 
 DB_ENV = "EDGEPRUNE_DB"
 DEFAULT_DB = "results.sqlite"
@@ -44,12 +36,6 @@ RunKind = Literal["compile", "bench", "profile", "nightly"]
 RunStatus = Literal["running", "complete", "incomplete", "failed"]
 RUN_KINDS = ("compile", "bench", "profile", "nightly")
 FINAL_STATUSES = ("complete", "incomplete", "failed")
-
-
-class ResultsError(EdgepruneError):
-    """The results database cannot be opened, is too new, or a run/measurement is unknown."""
-
-    exit_code = 10
 
 
 def default_db_path(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -63,44 +49,25 @@ def default_db_path(explicit: str | os.PathLike | None = None) -> Path | None:
     return Path(value).expanduser()
 
 
-def now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def parse_time(s: str) -> _dt.datetime:
-    t = _dt.datetime.fromisoformat(s)
-    return t if t.tzinfo else t.replace(tzinfo=_dt.timezone.utc)
-
-
 def parse_since(value: str | None) -> str | None:
-    """``30d``, ``12h``, ``90m``, ``2w`` or an ISO date -> ISO timestamp (UTC), or None."""
+    """The start of a window as an ISO timestamp (UTC), or None for no window.
+
+    ``value`` is a duration back from now in the one duration grammar
+    (:mod:`edgeprune.durations`: ``30d``, ``12h``, ``1h30m``, ``2w``) or an ISO date.
+    """
     if not value:
         return None
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*", value)
-    if m:
-        n, unit = float(m.group(1)), m.group(2)
-        delta = {"m": _dt.timedelta(minutes=n), "h": _dt.timedelta(hours=n), "d": _dt.timedelta(days=n),
-                 "w": _dt.timedelta(weeks=n)}[unit]
-        return (_dt.datetime.now(_dt.timezone.utc) - delta).isoformat(timespec="milliseconds")
     try:
-        return parse_time(value).isoformat(timespec="milliseconds")
+        seconds = parse_duration(value)
     except ValueError:
-        raise ResultsError(f"--since '{value}' is neither a duration (30d, 12h, 2w, 90m) nor an ISO date") from None
-
-
-def file_sha256(paths: Iterable[str | os.PathLike]) -> str | None:
-    """sha256 over the contents of ``paths`` in order (None if none exists)."""
-    h = hashlib.sha256()
-    seen = False
-    for p in paths:
-        p = Path(p)
-        if not p.is_file():
-            continue
-        seen = True
-        with p.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest() if seen else None
+        pass
+    else:
+        start = _dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=seconds)
+        return start.isoformat(timespec="milliseconds")
+    try:
+        return parse_time(value.strip()).isoformat(timespec="milliseconds")
+    except ValueError:
+        raise ResultsError(f"--since '{value}' is neither a duration ({GRAMMAR}) nor an ISO date") from None
 
 
 def git_revision(start: str | os.PathLike | None = None) -> str | None:
@@ -139,244 +106,6 @@ def git_revision(start: str | os.PathLike | None = None) -> str | None:
     return None
 
 
-# --------------------------------------------------------------------------- records
-@dataclass
-class Run:
-    id: int
-    kind: str
-    status: str
-    started: str
-    finished: str | None = None
-    git_revision: str | None = None
-    edgeprune_version: str = ""
-    env: dict[str, Any] = field(default_factory=dict)
-    env_hash: str = ""
-    host: str | None = None
-    pid: int | None = None
-    command: str | None = None
-    label: str | None = None
-    note: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Run":
-        d = dict(row)
-        d["env"] = json.loads(d.pop("env_json") or "{}")
-        return cls(**d)
-
-    @property
-    def duration_s(self) -> float | None:
-        if not self.finished:
-            return None
-        return (parse_time(self.finished) - parse_time(self.started)).total_seconds()
-
-
-@dataclass
-class Measurement:
-    """One backend's artifact measured on one device (times in milliseconds)."""
-
-    model: str
-    backend: str
-    target: str
-    device: str
-    ok: bool = True
-    error: str | None = None
-    model_hash: str | None = None
-    artifact_hash: str | None = None
-    backend_version: str | None = None
-    emulated: bool = False
-    times_ms: list[float] = field(default_factory=list, repr=False)
-    median_ms: float | None = None
-    p90_ms: float | None = None
-    cv: float | None = None
-    accuracy: float | None = None
-    parity_max_diff: float | None = None
-    parity_tolerance: float | None = None
-    verified: bool | None = None
-    threads: int | None = None
-    pruned: bool = False
-    variant: str = ""  # part of the cell key: "" for the model as given
-    variant_info: dict[str, Any] = field(default_factory=dict)
-    env: dict[str, Any] = field(default_factory=dict, repr=False)
-    series: str | None = None
-    attempt: int = 0  # re-measurements of one cell within a run: 0, 1, 2, ...
-    created: str = ""
-    run_id: int | None = None
-    id: int | None = None
-
-    @property
-    def cell(self) -> tuple[str, str, str, str, str]:
-        return (self.model, self.target, self.device, self.backend, self.variant)
-
-    @property
-    def cell_name(self) -> str:
-        return cell_name(self.cell)
-
-    @property
-    def good(self) -> bool:
-        """Usable as a baseline: measured, with times, and its outputs not wrong."""
-        return bool(self.ok and self.times_ms and self.verified is not False)
-
-    def to_dict(self, with_times: bool = True) -> dict[str, Any]:
-        d = asdict(self)
-        if not with_times:
-            d.pop("times_ms")
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Measurement":
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "Measurement":
-        d = dict(row)
-        d["times_ms"] = json.loads(d.pop("times_json") or "[]")
-        d["variant_info"] = json.loads(d.pop("variant_json") or "{}")
-        d["env"] = json.loads(d.pop("env_json") or "{}")
-        for k in ("ok", "emulated", "pruned"):
-            d[k] = bool(d[k])
-        if d["verified"] is not None:
-            d["verified"] = bool(d["verified"])
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-def cell_name(cell: Sequence[str]) -> str:
-    model, target, device, backend, variant = cell
-    return f"{model} {target}/{device} {backend}" + (f" [{variant}]" if variant else "")
-
-
-@dataclass
-class VerdictRecord:
-    """A stored conclusion about one cell in one run."""
-
-    cell: tuple[str, str, str, str, str]
-    kind: str  # latency | accuracy | parity | run
-    verdict: str  # SLOWER FASTER SAME UNKNOWN NEW_SERIES NO_BASELINE REGRESSION OK FAILED SKIPPED
-    regression: bool = False
-    ratio: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    p_value: float | None = None
-    baseline_ids: list[int] = field(default_factory=list)
-    measurement_id: int | None = None
-    detail: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-    run_id: int | None = None
-    id: int | None = None
-
-    @property
-    def cell_name(self) -> str:
-        return cell_name(self.cell)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["cell"] = list(self.cell)
-        d["cell_name"] = self.cell_name
-        return d
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "VerdictRecord":
-        d = dict(row)
-        cell = (d.pop("model"), d.pop("target"), d.pop("device"), d.pop("backend"), d.pop("variant"))
-        d["baseline_ids"] = json.loads(d.pop("baseline_json") or "[]")
-        d["data"] = json.loads(d.pop("data_json") or "{}")
-        d["regression"] = bool(d["regression"])
-        return cls(cell=cell, **{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
-
-
-# --------------------------------------------------------------------------- schema
-_V1 = [
-    """CREATE TABLE runs (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        kind TEXT NOT NULL CHECK (kind IN ('compile', 'bench', 'profile', 'nightly')),
-        status TEXT NOT NULL CHECK (status IN ('running', 'complete', 'incomplete', 'failed')),
-        started TEXT NOT NULL,
-        finished TEXT,
-        git_revision TEXT,
-        edgeprune_version TEXT NOT NULL,
-        env_json TEXT NOT NULL DEFAULT '{}',
-        env_hash TEXT NOT NULL DEFAULT '',
-        host TEXT,
-        pid INTEGER,
-        command TEXT,
-        label TEXT,
-        note TEXT
-    )""",
-    """CREATE TABLE measurements (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-        created TEXT NOT NULL,
-        model TEXT NOT NULL,
-        model_hash TEXT,
-        artifact_hash TEXT,
-        backend TEXT NOT NULL,
-        backend_version TEXT,
-        target TEXT NOT NULL,
-        device TEXT NOT NULL,
-        emulated INTEGER NOT NULL DEFAULT 0,
-        ok INTEGER NOT NULL,
-        error TEXT,
-        times_json TEXT NOT NULL DEFAULT '[]',
-        median_ms REAL,
-        p90_ms REAL,
-        cv REAL,
-        accuracy REAL,
-        parity_max_diff REAL,
-        parity_tolerance REAL,
-        verified INTEGER,
-        threads INTEGER,
-        pruned INTEGER NOT NULL DEFAULT 0,
-        variant_json TEXT NOT NULL DEFAULT '{}',
-        env_json TEXT NOT NULL DEFAULT '{}',
-        series TEXT
-    )""",
-    "CREATE INDEX measurements_run ON measurements(run_id)",
-    "CREATE INDEX measurements_cell ON measurements(model, target, device, backend, created)",
-    "CREATE INDEX runs_started ON runs(started)",
-]
-
-_V2 = [
-    # re-measurements and pruned variants became part of the cell; verdicts are stored
-    "ALTER TABLE measurements ADD COLUMN variant TEXT NOT NULL DEFAULT ''",
-    "ALTER TABLE measurements ADD COLUMN attempt INTEGER NOT NULL DEFAULT 0",
-    "DROP INDEX measurements_cell",
-    "CREATE INDEX measurements_cell ON measurements(model, target, device, backend, variant, series, created)",
-    """CREATE TABLE verdicts (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-        measurement_id INTEGER REFERENCES measurements(id) ON DELETE SET NULL,
-        model TEXT NOT NULL,
-        target TEXT NOT NULL,
-        device TEXT NOT NULL,
-        backend TEXT NOT NULL,
-        variant TEXT NOT NULL DEFAULT '',
-        kind TEXT NOT NULL CHECK (kind IN ('latency', 'accuracy', 'parity', 'run')),
-        verdict TEXT NOT NULL,
-        regression INTEGER NOT NULL DEFAULT 0,
-        ratio REAL,
-        ci_low REAL,
-        ci_high REAL,
-        p_value REAL,
-        baseline_json TEXT NOT NULL DEFAULT '[]',
-        detail TEXT NOT NULL DEFAULT '',
-        data_json TEXT NOT NULL DEFAULT '{}'
-    )""",
-    "CREATE INDEX verdicts_run ON verdicts(run_id)",
-]
-
-#: schema version -> statements that upgrade from the version before it
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
-SCHEMA_VERSION = max(MIGRATIONS)
-
-_MEAS_COLS = (
-    "run_id created model model_hash artifact_hash backend backend_version target device emulated ok error "
-    "times_json median_ms p90_ms cv accuracy parity_max_diff parity_tolerance verified threads pruned variant_json "
-    "env_json series variant attempt"
-).split()
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -385,6 +114,10 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _insert(table: str, columns: Sequence[str]) -> str:
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
 
 
 class ResultsStore:
@@ -412,7 +145,7 @@ class ResultsStore:
                 self._db.execute("PRAGMA journal_mode = DELETE")
             self._db.execute("PRAGMA synchronous = FULL")
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._migrate(SCHEMA_VERSION if upto is None else upto)
+            self._migrate(schema.SCHEMA_VERSION if upto is None else upto)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise ResultsError(f"{self.path} is not a usable results database: {exc}") from exc
@@ -460,17 +193,13 @@ class ResultsStore:
 
     def _migrate(self, upto: int) -> None:
         with self.transaction() as db:
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
-            current = int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
-            if current > SCHEMA_VERSION:
+            current = schema.current_version(db)
+            if current > schema.SCHEMA_VERSION:
                 raise ResultsError(
-                    f"{self.path} has schema version {current}; this edgeprune knows up to {SCHEMA_VERSION}",
+                    f"{self.path} has schema version {current}; this edgeprune knows up to {schema.SCHEMA_VERSION}",
                     "upgrade edgeprune, or use another --db",
                 )
-            for version in range(current + 1, upto + 1):
-                for stmt in MIGRATIONS[version]:
-                    db.execute(stmt)
-                db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, now()))
+            schema.upgrade(db, current, upto, applied=now())
 
     # -- runs -------------------------------------------------------------------------
     def begin_run(
@@ -564,21 +293,10 @@ class ResultsStore:
             m.median_ms, m.p90_ms, m.cv = s.median, s.p90, s.cv
         m.created = m.created or now()
         m.run_id = run_id
-        values = {
-            "run_id": run_id, "created": m.created, "model": m.model, "model_hash": m.model_hash,
-            "artifact_hash": m.artifact_hash, "backend": m.backend, "backend_version": m.backend_version,
-            "target": m.target, "device": m.device, "emulated": int(m.emulated), "ok": int(m.ok), "error": m.error,
-            "times_json": json.dumps([float(t) for t in m.times_ms]), "median_ms": m.median_ms, "p90_ms": m.p90_ms,
-            "cv": m.cv, "accuracy": m.accuracy, "parity_max_diff": m.parity_max_diff,
-            "parity_tolerance": m.parity_tolerance, "verified": None if m.verified is None else int(m.verified),
-            "threads": m.threads, "pruned": int(m.pruned), "variant_json": json.dumps(m.variant_info, default=str),
-            "env_json": json.dumps(m.env, default=str), "series": m.series, "variant": m.variant, "attempt": m.attempt,
-        }
+        row = m.to_row()
         with self.transaction() as db:
-            cur = db.execute(
-                f"INSERT INTO measurements ({', '.join(_MEAS_COLS)}) VALUES ({', '.join('?' * len(_MEAS_COLS))})",
-                [values[c] for c in _MEAS_COLS],
-            )
+            cur = db.execute(_insert("measurements", schema.MEASUREMENT_COLUMNS),
+                             [row[c] for c in schema.MEASUREMENT_COLUMNS])
             m.id = int(cur.lastrowid)
         return m.id
 
@@ -644,7 +362,7 @@ class ResultsStore:
             out.append(m)
         return out
 
-    def cells(self, since: str | None = None) -> list[tuple[str, str, str, str, str]]:
+    def cells(self, since: str | None = None) -> list[Cell]:
         sql = "SELECT DISTINCT model, target, device, backend, variant FROM measurements"
         params: list[Any] = []
         if since:
@@ -654,17 +372,11 @@ class ResultsStore:
 
     # -- verdicts ---------------------------------------------------------------------
     def add_verdict(self, run_id: int, v: VerdictRecord) -> int:
-        model, target, device, backend, variant = v.cell
+        v.run_id = run_id
+        row = v.to_row()
         with self.transaction() as db:
-            cur = db.execute(
-                "INSERT INTO verdicts (run_id, measurement_id, model, target, device, backend, variant, kind, verdict,"
-                " regression, ratio, ci_low, ci_high, p_value, baseline_json, detail, data_json)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, v.measurement_id, model, target, device, backend, variant, v.kind, v.verdict,
-                 int(v.regression), v.ratio, v.ci_low, v.ci_high, v.p_value, json.dumps(v.baseline_ids),
-                 v.detail, json.dumps(v.data, default=str)),
-            )
-            v.id, v.run_id = int(cur.lastrowid), run_id
+            cur = db.execute(_insert("verdicts", schema.VERDICT_COLUMNS), [row[c] for c in schema.VERDICT_COLUMNS])
+            v.id = int(cur.lastrowid)
         return v.id
 
     def change_runs(self, cell: Sequence[str], run_ids: Iterable[int]) -> set[int]:

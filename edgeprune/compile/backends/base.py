@@ -1,7 +1,7 @@
 """The backend interface: ``build(onnx, target) -> Artifact`` on the host.
 
 Running an artifact is *not* part of this interface on purpose: artifacts run on the
-device through the self-contained runner (``edgeprune/bench/runner.py``), which has its
+device through the self-contained runner (``edgeprune/runner/``, shipped as ``runner.pyz``), which has its
 own small per-backend loaders and needs only numpy + the runtime. The host side only
 compiles and describes what it built.
 """
@@ -55,13 +55,6 @@ class Backend(ABC):
     @abstractmethod
     def version(self) -> str:
         """Version of the compiler/runtime on this host (raises BackendError if absent)."""
-
-    def is_available(self) -> bool:
-        try:
-            self.version()
-            return True
-        except BackendError:
-            return False
 
     @abstractmethod
     def supports(self, target: "Target") -> tuple[bool, str]:

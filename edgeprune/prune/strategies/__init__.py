@@ -13,8 +13,4 @@ from edgeprune.prune.strategies.base import STRATEGIES, SearchContext, SearchRes
 from edgeprune.prune.strategies import genetic, greedy, knapsack, uniform  # noqa: F401  (registration)
 
 
-def get_strategy(name: str, **kwargs) -> Strategy:
-    return STRATEGIES.get(name)(**kwargs)
-
-
-__all__ = ["STRATEGIES", "SearchContext", "SearchResult", "Strategy", "get_strategy"]
+__all__ = ["STRATEGIES", "SearchContext", "SearchResult", "Strategy"]

@@ -1,0 +1,189 @@
+"""One cell of a nightly run: compile and measure it, store every batch the moment it
+exists, measure again while the verdict asks for it, and judge.
+
+The first batch comes from :func:`~edgeprune.flows.compile.compile_model` (export, build,
+time, verify); later batches re-time the already-built artifact through
+:func:`~edgeprune.bench.measure.measure_on` (a fresh runner process each time). Every
+batch becomes a row through :meth:`Measurement.from_backend_result`, so first and
+repeated batches carry the same facts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgeprune.errors import EdgepruneError
+from edgeprune.flows.nightly.matrix import Cell
+from edgeprune.results.evaluate import CellOutcome, Policy, another_batch, judge
+from edgeprune.results.records import Measurement
+from edgeprune.results.record import measurements_from_summary
+from edgeprune.results.store import ResultsStore
+
+if TYPE_CHECKING:
+    from edgeprune.bench.bundle import JobResult
+    from edgeprune.compile.summary import BackendResult, CompileSummary
+    from edgeprune.config.devices import Device
+
+Log = Callable[[str], None]
+
+
+@contextlib.contextmanager
+def host_lock(device_name: str, log: Log) -> Iterator[None]:
+    """Exclusive lock for timing on *this machine* (across threads and processes).
+
+    Every ``kind: local`` device is this host's CPU, whatever its name: two of them
+    timing at once would disturb each other, so they share one lock.
+    """
+    d = Path(tempfile.gettempdir()) / "edgeprune-locks"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "local-host.lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"this host is busy with another benchmark (device '{device_name}' waits for it) ...")
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def retimed(b: "BackendResult", jr: "JobResult", round_medians: list[float]) -> "BackendResult":
+    """``b`` with the times and checks of a new run of the same artifact (build facts,
+    tolerance and precision are the artifact's and stay)."""
+    from edgeprune.bench.stats import LatencyStats
+
+    return dataclasses.replace(
+        b, error=None, latency_ms=LatencyStats.from_times(jr.times_ms), runs=len(jr.times_ms),
+        times_ms=list(jr.times_ms), round_medians_ms=list(round_medians), verified=jr.verified,
+        max_abs_diff=jr.max_abs_diff, accuracy=jr.accuracy, threads=jr.threads, env=jr.env,
+        backend_version=b.backend_version or jr.runtime_version,
+    )
+
+
+class CellRunner:
+    """Measures and judges cells into one run of a store. One instance is shared by the
+    device threads: loaded models are cached (one load per model spec), the store
+    serialises its writers."""
+
+    def __init__(self, store: ResultsStore, run_id: int, policy: Policy, work_dir: Path, *,
+                 devices_file: Path | None, accept_new_host_key: bool, host_env: dict[str, Any],
+                 stop: threading.Event, say: Callable[[Cell | None, str], None]) -> None:
+        self.store, self.run_id, self.policy, self.work_dir = store, run_id, policy, work_dir
+        self.devices_file, self.accept_new_host_key = devices_file, accept_new_host_key
+        self.host_env, self.stop, self.say = host_env, stop, say
+        self._models: dict[str, Any] = {}
+        self._model_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def _model(self, spec: str):
+        from edgeprune.models.spec import load_model
+
+        with self._locks_lock:
+            lock = self._model_locks.setdefault(spec, threading.Lock())
+        with lock:
+            if spec not in self._models:
+                self._models[spec] = load_model(spec, log=lambda m: self.say(None, m))
+            return self._models[spec]
+
+    def _timing(self, cell: Cell, device: "Device"):
+        """The lock a cell's timing holds: this host's for local devices (the SSH
+        executor keeps its board to one run at a time itself)."""
+        if device.kind == "local":
+            return host_lock(device.name, lambda m: self.say(cell, m))
+        return contextlib.nullcontext()
+
+    def _judged(self, attempts: list[Measurement]) -> CellOutcome:
+        return judge(self.store, self.run_id, attempts, self.policy)
+
+    def _stored(self, outcome: CellOutcome) -> CellOutcome:
+        for v in outcome.verdicts:
+            self.store.add_verdict(self.run_id, v)
+        return outcome
+
+    def failed(self, cell: Cell, error: str) -> CellOutcome:
+        """Store a cell that could not be measured, and its FAILED verdict."""
+        m = Measurement(model=cell.model, backend=cell.backend, target=cell.target, device=cell.device, ok=False,
+                        error=error)
+        self.store.add_measurement(self.run_id, m)
+        return self._stored(self._judged([m]))
+
+    def run(self, cell: Cell) -> CellOutcome | None:
+        """Compile, measure (again while the verdict asks for it), judge and store one
+        cell; None when the run was interrupted meanwhile (nothing to judge)."""
+        from edgeprune.config.devices import get_device
+        from edgeprune.config.targets import get_target
+        from edgeprune.flows.compile import CompileOptions, compile_model
+
+        t0 = time.monotonic()
+        self.say(cell, f"{cell.name}: compiling and measuring ...")
+        try:
+            device = get_device(cell.device, self.devices_file, self.accept_new_host_key)
+            target = get_target(cell.target)
+            model = self._model(cell.model)
+            out_dir = self.work_dir / cell.slug
+            opts = CompileOptions(backends=(cell.backend,), bench=cell.bench.settings())
+            with self._timing(cell, device):
+                summary = compile_model(model, target, device, out_dir, opts, log=lambda m: self.say(cell, "  " + m))
+        except EdgepruneError as exc:
+            if self.stop.is_set():  # the interrupt killed it: not a failure of the cell
+                return None
+            self.say(cell, f"{cell.name}: FAILED: {exc}")
+            return self.failed(cell, str(exc))
+        if self.stop.is_set():
+            return None
+        local = device.kind == "local"
+        first = measurements_from_summary(summary, self.host_env, local, backends=[cell.backend])[0]
+        self.store.add_measurement(self.run_id, first)
+        attempts = [first]
+        outcome = self._judged(attempts)
+        while (why := another_batch(outcome, self.policy)) and not self.stop.is_set():
+            self.say(cell, f"{cell.name}: {outcome.latency.detail.split(';')[0]} -> {why} "  # type: ignore[union-attr]
+                           f"({len(attempts)}/{self.policy.max_remeasure})")
+            again = self._remeasure(cell, device, summary, out_dir / "bundle", first, len(attempts), local)
+            if again is None:
+                break
+            self.store.add_measurement(self.run_id, again)
+            attempts.append(again)
+            outcome = self._judged(attempts)
+        self._stored(outcome)
+        lat = outcome.latency
+        med = f"{first.median_ms:.3f} ms" if first.median_ms else "no latency"
+        flags = [v.kind + " " + v.verdict for v in outcome.verdicts if v.regression]
+        self.say(cell, f"{cell.name}: {med}, latency {lat.verdict if lat else '–'}"
+                       + (f" ({lat.ratio:.3f}x)" if lat and lat.ratio else "")
+                       + (f", REGRESSION: {', '.join(flags)}" if flags else "")
+                       + f" [{time.monotonic() - t0:.0f} s]")
+        return outcome
+
+    def _remeasure(self, cell: Cell, device: "Device", summary: "CompileSummary", bundle_dir: Path,
+                   first: Measurement, attempt: int, local: bool) -> Measurement | None:
+        """Time the already-built artifact of ``cell`` again (a fresh runner process)."""
+        from edgeprune.bench.measure import Bundle, measure_on
+
+        try:
+            # the manifest on disk is the one the first batch ran (rounds already laid
+            # out): time it again as it is
+            bundle = Bundle.load(bundle_dir)
+            with self._timing(cell, device):
+                measured = measure_on(device, bundle, rounds=1, timeout_s=cell.bench.timeout_s, only=[cell.backend],
+                                      log=lambda m: self.say(cell, "  " + m))
+        except EdgepruneError as exc:
+            self.say(cell, f"{cell.name}: re-measurement failed: {exc}")
+            return None
+        jr = measured.results.get(cell.backend)
+        if jr is None or not jr.ok or not jr.times_ms:
+            self.say(cell, f"{cell.name}: re-measurement failed: {jr.error if jr else 'no result'}")
+            return None
+        b = next(b for b in summary.backends if b.name == cell.backend)
+        again = retimed(b, jr, measured.round_medians.get(cell.backend, []))
+        return Measurement.from_backend_result(summary, again, host_env=self.host_env, local=local,
+                                               model_hash=first.model_hash, attempt=attempt)

@@ -1,0 +1,223 @@
+"""``prune_model``: the library function behind ``edgeprune prune`` and the pruning stage
+of ``edgeprune compile``.
+
+trace -> latency model of the target -> importance -> search under the budget -> cut ->
+fine-tune (optionally distilled, optionally in gradual steps) -> accuracy gate.
+
+The budget is either a fraction of the original model's latency on the target
+(``budget=0.5``) or milliseconds (``latency_ms=2.0``); both are judged by the latency
+model (a measured lookup table calibrated on the whole model), and the compile flow
+then *measures* the pruned artifact. A budget the model cannot meet even with every
+prunable group at its narrowest snapped width is refused before any work is done.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from edgeprune.errors import ModelError, PruneError
+from edgeprune.models.base import LoadedModel
+from edgeprune.prune.options import (PruneGateError, PruneOptions, PruneResult, eval_batch_size, layer_channels,
+                                     torch_inputs)
+
+if TYPE_CHECKING:
+    from edgeprune.config.devices import Device
+    from edgeprune.config.targets import Target
+    from edgeprune.prune.graph import TracedSpace
+    from edgeprune.prune.space import LatencyModel
+
+Log = Callable[[str], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def default_latency_model(
+    model: LoadedModel, space: "TracedSpace", target: "Target", device: "Device", backend: str | None, log: Log
+) -> "LatencyModel":
+    """The measured latency table + predictor of ``target`` on ``device`` for ``space``
+    with ``backend`` (default: the target's preferred one), profiled on first use and
+    reused from the cache afterwards (:func:`edgeprune.flows.profile.profile_model`)."""
+    from edgeprune.flows.profile import profile_model
+
+    name = backend or (list(target.backends) or ["onnxruntime"])[0]
+    result = profile_model(model, target, device, name, space=space, log=log)
+    return result.predictor
+
+
+def prune_model(
+    model: LoadedModel,
+    target: "Target | None" = None,
+    device: "Device | None" = None,
+    options: PruneOptions | None = None,
+    *,
+    latency_model: "LatencyModel | None" = None,
+    log: Log = _stderr,
+    progress: bool = True,
+    **overrides: Any,
+) -> PruneResult:
+    """Prune ``model`` to a latency budget on ``target`` and fine-tune it.
+
+    ``options`` (or keyword overrides of its fields, e.g. ``budget=0.5,
+    strategy="knapsack"``) say what to do. ``latency_model`` defaults to the measured
+    table of ``target`` on ``device``. Raises :class:`ModelError` for a model that
+    cannot be pruned or traced, :class:`PruneError` for an unreachable budget, and
+    :class:`PruneGateError` (carrying the result) when ``max_accuracy_drop`` is missed.
+    """
+    import torch
+
+    from edgeprune.compile.analysis import model_cost
+    from edgeprune.models.train import evaluate, torch_threads
+    from edgeprune.prune.finetune import FinetuneConfig, finetune, recalibrate_bn, subset
+    from edgeprune.prune.graph import build_space
+    from edgeprune.prune.importance import IMPORTANCE
+    from edgeprune.prune.strategies import STRATEGIES, SearchContext
+
+    opts = dataclasses.replace(options or PruneOptions(), **overrides)
+    opts.validate()
+    if model.module is None:
+        raise ModelError(f"{model.name} is an ONNX file: structured pruning needs the PyTorch model",
+                         "give zoo:NAME, module:factory (+ --weights) or a .pt2/.pt torch model")
+    strategy_cls = STRATEGIES.get(opts.strategy)
+    importance_name = opts.importance or strategy_cls.default_importance
+    importance_cls = IMPORTANCE.get(importance_name)
+    data = model.data
+    if data is None and (strategy_cls.needs_data or importance_cls.needs_data or opts.distill):
+        if opts.importance is None and importance_cls.needs_data and not strategy_cls.needs_data:
+            importance_name, importance_cls = "l1", IMPORTANCE.get("l1")  # default falls back quietly
+        else:
+            need = [n for n, c in ((opts.strategy, strategy_cls), (importance_name, importance_cls)) if c.needs_data]
+            raise PruneError(f"{' and '.join(need) or 'distillation'} needs training data and {model.name} has none",
+                             "pass --data x.npz (x_train, y_train, x_val, y_val)")
+    notes: list[str] = []
+    if data is None:
+        notes.append("no data: pruned without fine-tuning or accuracy checks")
+        if opts.max_accuracy_drop is not None:
+            raise PruneError("--max-accuracy-drop needs validation data", "pass --data")
+
+    if isinstance(model.module, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+        kind = "TorchScript" if isinstance(model.module, torch.jit.ScriptModule) else "torch.export / FX"
+        raise ModelError(
+            f"{model.name} is a {kind} graph: its layers are not nn.Modules, so channels cannot be traced and cut",
+            "give the model as Python code: module:factory (+ --weights state_dict) or zoo:NAME",
+        )
+    original = copy.deepcopy(model.module).eval()
+    inputs = torch_inputs(model)
+    with torch_threads():
+        space = build_space(original, inputs, opts.keep_layers)
+    notes += space.notes
+    if not space.prunable_groups():
+        raise PruneError(f"{model.name} has no prunable channel groups", "; ".join(space.notes) or None)
+    if latency_model is None:
+        if target is None or device is None:
+            raise PruneError("prune_model needs a target and device (or a latency_model)")
+        latency_model = default_latency_model(model, space, target, device, opts.backend, log)
+
+    full = space.full_widths()
+    l0 = float(latency_model.predict(full))
+    budget_ms = opts.latency_ms if opts.latency_ms is not None else opts.budget * l0  # type: ignore[operator]
+    ctx0 = SearchContext(module=original, space=space, latency=latency_model, budget_ms=budget_ms, scores={})
+    mins = ctx0.min_widths()
+    l_min = ctx0.predict(mins)
+    if l_min > budget_ms:
+        fixed = [layer.name for layer in space.layers
+                 if not (layer.in_group in mins or layer.out_group in mins)]
+        raise PruneError(
+            f"latency budget {budget_ms:.3f} ms is unreachable: the original is predicted at {l0:.3f} ms and even "
+            f"the narrowest width of every prunable group is predicted at {l_min:.3f} ms",
+            ("layers that pruning cannot shrink: " + ", ".join(fixed[:8]) + "; ") * bool(fixed)
+            + f"use a budget of at least {l_min / l0:.2f} of the original" + (" or fewer --keep-layer" if opts.keep_layers else ""),
+        )
+
+    task = data.task if data is not None else "classification"
+    eval_batch = eval_batch_size(original, model)
+    acc_before = float(evaluate(original, data.val, task, batch_size=eval_batch)) if data is not None else None
+    eval_split = subset(data.val, opts.search_eval_samples, opts.seed) if data is not None else None
+    importance = importance_cls() if importance_name != "taylor" else importance_cls(seed=opts.seed)
+    teacher = original if opts.distill else None
+    log(f"pruning {model.name}: predicted {l0:.3f} ms -> budget {budget_ms:.3f} ms "
+        f"({budget_ms / l0:.2f}x) with {opts.strategy} / {importance_name}")
+
+    current, cur_space = original, space
+    history: list[dict[str, Any]] = []
+    widths: dict[str, int] = dict(full)
+    predicted = l0
+    acc_search: float | None = None
+    t_search = t_ft = 0.0
+    steps = opts.gradual_steps
+    with torch_threads():
+        torch.manual_seed(opts.seed)
+        for k in range(1, steps + 1):
+            step_budget = l0 * (budget_ms / l0) ** (k / steps) if steps > 1 else budget_ms
+            t0 = time.perf_counter()
+            scores = importance(current, cur_space, data)
+            ctx = SearchContext(
+                module=current, space=cur_space, latency=latency_model, budget_ms=step_budget, scores=scores,
+                data=data, eval_split=eval_split, eval_batch=eval_batch, teacher=teacher,
+                rescore=lambda m, sp: importance(m, sp, data), seed=opts.seed + k - 1, log=log,
+                progress=progress, options=opts.strategy_options,
+            )
+            res = STRATEGIES.get(opts.strategy)().search(ctx)
+            pruned = res.module if res.module is not None else ctx.cut(res.widths)
+            t_search += time.perf_counter() - t0
+            widths = {**widths, **res.widths}
+            predicted = res.predicted_ms
+            history.append({"step": k, "budget_ms": step_budget, "predicted_ms": predicted,
+                            "widths": dict(res.widths), "evaluations": res.evaluations, "search": res.history})
+            notes += res.notes
+            if data is not None:
+                recalibrate_bn(pruned, data, seed=opts.seed)  # cut inputs shift the BN statistics after them
+                acc_search = float(evaluate(pruned, data.val, task, batch_size=eval_batch))
+                epochs = opts.finetune_epochs / steps
+                t0 = time.perf_counter()
+                if epochs > 0:
+                    cfg = FinetuneConfig(epochs=epochs, lr=opts.lr, batch_size=opts.batch_size, distill=opts.distill,
+                                         seed=opts.seed + k, shift=opts.shift)
+                    before = copy.deepcopy(pruned.state_dict())
+                    acc_ft = finetune(pruned, data, cfg, teacher=teacher, eval_batch=eval_batch, log=log,
+                                      progress=progress,
+                                      description=f"fine-tuning ({k}/{steps})" if steps > 1 else "fine-tuning")
+                    if acc_ft < acc_search:  # fine-tuning overfit (or the lr is too high): keep the better weights
+                        pruned.load_state_dict(before)
+                        notes.append(f"fine-tuning lowered validation accuracy ({acc_search:.2f}% -> {acc_ft:.2f}%); "
+                                     "kept the weights from before fine-tuning (try a lower lr or fewer epochs)")
+                t_ft += time.perf_counter() - t0
+            current = pruned.eval()
+            if k < steps:
+                cur_space = space.rebuild(current)
+        acc_after = float(evaluate(current, data.val, task, batch_size=eval_batch)) if data is not None else None
+        final_space = space.rebuild(current)
+
+    # one counter for every report of this model: its ONNX export (compile counts the same way)
+    cost_before = model_cost(dataclasses.replace(model, module=original))
+    cost_after = model_cost(dataclasses.replace(model, module=current))
+    result = PruneResult(
+        module=current, space=final_space, widths={g: int(w) for g, w in widths.items() if g in space.groups},
+        channels=layer_channels(original, current), strategy=opts.strategy, importance=importance_name,
+        budget_ms=float(budget_ms), budget_fraction=opts.budget, original_predicted_ms=l0, predicted_latency_ms=float(predicted),
+        accuracy_before=acc_before, accuracy_after=acc_after, accuracy_after_search=acc_search,
+        params_before=cost_before.params, params_after=cost_after.params,
+        macs_before=cost_before.macs, macs_after=cost_after.macs,
+        max_accuracy_drop=opts.max_accuracy_drop, seed=opts.seed, search_seconds=t_search, finetune_seconds=t_ft,
+        history=history, notes=list(dict.fromkeys(notes)), latency_model=type(latency_model).__name__,
+    )
+    if acc_before is not None and acc_after is not None:
+        log(f"pruned {model.name}: accuracy {acc_before:.2f}% -> {acc_after:.2f}%, predicted "
+            f"{l0:.3f} -> {predicted:.3f} ms, params {result.params_before:,} -> {result.params_after:,}")
+    if result.gate_passed is False:
+        raise PruneGateError(
+            f"accuracy gate failed: {acc_before:.2f}% -> {acc_after:.2f}% loses {result.accuracy_drop:.2f} points "
+            f"(allowed {opts.max_accuracy_drop:g}); best trade-off found: {acc_after:.2f}% at predicted "
+            f"{predicted:.3f} ms ({predicted / l0:.2f}x of {l0:.3f} ms)",
+            result,
+            "results were still written; try a looser --latency-budget, more --finetune-epochs or --distill",
+        )
+    return result
+
+

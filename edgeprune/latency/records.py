@@ -1,0 +1,109 @@
+"""What a profile and a validation return: :class:`ProfileResult` (the predictor and how
+the table was obtained) and :class:`ValidationReport` (predicted vs measured variants).
+
+Plain records with ``to_dict`` for ``--json``; the orchestration that fills them is
+:mod:`edgeprune.flows.profile`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeprune.latency.lut import LatencyTable
+from edgeprune.latency.predictor import LatencyPredictor
+from edgeprune.latency.store import TableKey
+
+
+@dataclass
+class ProfileResult:
+    predictor: LatencyPredictor
+    table: LatencyTable
+    key: TableKey
+    table_path: Path
+    points_used: int
+    points_measured: int
+    points_reused: int
+    model_measured: bool
+    seconds: float
+    bundles: int
+    failures: dict[str, str]
+    model: str
+    fingerprint: str
+    reference_ms: float | None = None
+    #: series the steady gate marked unsteady (re-timing did not find the steady state)
+    unsteady_series: int = 0
+
+    def layer_rows(self) -> list[dict[str, Any]]:
+        p = self.predictor
+        full = p.space.full_widths()
+        rows = []
+        for layer in p.space.layers:
+            t = self.table.table(layer.name)
+            ci, co = layer.dims(full)
+            groups = [g for g in (layer.in_group, layer.out_group) if g]
+            rows.append({
+                "layer": layer.name, "kind": layer.kind + (" dw" if layer.depthwise else ""),
+                "shape": f"{ci}->{co}" + (f" @{layer.input_hw[0]}x{layer.input_hw[1]}" if layer.input_hw else ""),
+                "mode": t.family.mode, "ms": t.ms(ci, co), "points": len(t.points()),
+                "steps": {name: st.steps() for name, st in t.axes.items()},
+                "candidates": {g: p.candidates(g) for g in dict.fromkeys(groups) if g in p.space.groups},
+                "check_error": t.check_error, "shared_with": [m for m in t.family.members if m != layer.name],
+            })
+        return rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model, "fingerprint": self.fingerprint, "key": self.key.to_dict(),
+            "table": str(self.table_path), "points_used": self.points_used, "points_measured": self.points_measured,
+            "points_reused": self.points_reused, "model_measured": self.model_measured,
+            "seconds": round(self.seconds, 2), "bundles": self.bundles, "failures": self.failures,
+            "reference_ms": self.reference_ms, "unsteady_series": self.unsteady_series,
+            "families": len(self.table.families), "layers": len(self.predictor.space.layers),
+            "predictor": self.predictor.describe(),
+            "tables": [t.summary() for t in self.table.tables.values()],
+        }
+
+
+@dataclass
+class ValidationReport:
+    """Predicted vs measured latency of random pruned variants.
+
+    The unpruned model is measured in the same rounds as the variants (interleaved), and
+    ``stats`` compare predictions with measurements rescaled to the profiling session by
+    it: ``measured x (full model at profiling / full model now)``, i.e. the error of the
+    predicted *latency relative to the unpruned model*, which is what pruning budgets use
+    (``--budget 0.5`` = half the unpruned latency). This removes the machine's drift
+    between profiling and validation with a reference that is the same kind of work, run
+    as long, as the variants. ``unit_stats`` use the bundle's small reference layer
+    instead, and ``raw_stats`` the raw times, which on a shared machine also contain the
+    drift (``drift``: how much faster or slower the full model runs now than at profiling)."""
+
+    model: str
+    backend: str
+    method: str
+    widths_mode: str
+    variants: list[dict[str, Any]]
+    stats: dict[str, float]
+    raw_stats: dict[str, float]
+    flops_stats: dict[str, float]
+    unit_stats: dict[str, float]
+    full_ms_profile: float
+    full_ms_now: float | None
+    drift: float | None
+    seconds: float
+    busy_cpus: float | None = None  # CPUs other processes kept busy when validation started (local)
+    full_rounds_ms: list[float] = field(default_factory=list)  # the unpruned model's raw rounds (validation)
+    unsteady_series: int = 0  # series the steady gate marked unsteady
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.stats,
+            "variants": self.variants,
+            "model": self.model, "backend": self.backend, "calibration": self.method, "widths": self.widths_mode,
+            "raw": self.raw_stats, "flops_predictor": self.flops_stats, "reference_unit": self.unit_stats,
+            "full_ms_at_profile": self.full_ms_profile, "full_ms_now": self.full_ms_now, "drift": self.drift,
+            "full_rounds_ms": [round(r, 4) for r in self.full_rounds_ms], "unsteady_series": self.unsteady_series,
+            "seconds": round(self.seconds, 2), "busy_cpus": None if self.busy_cpus is None else round(self.busy_cpus, 2),
+        }

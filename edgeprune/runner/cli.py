@@ -1,0 +1,95 @@
+"""The runner's command line: ``runner.pyz BUNDLE_DIR [--only JOB_ID ...] [--in-process]``
+or ``runner.pyz --probe``; the job loop, progress lines and exit codes.
+
+For every job in BUNDLE_DIR/manifest.json the runner loads the artifact, converts the
+inputs once, warms up, times single inferences (:mod:`.timing`, optionally inside the
+steady gate, :mod:`.gate`), compares the outputs with ``expected`` and scores accuracy
+on ``eval`` data (:mod:`.verify`). Each finished job is appended to
+BUNDLE_DIR/results.jsonl at once (flushed and fsync'ed), so a killed runner keeps every
+job that finished. Jobs run in worker processes (:mod:`.worker`); ``--in-process`` runs
+everything in this process instead (debugging).
+
+Exit code: 0 if every job ran, 1 if any job failed, 2 on a bad manifest or usage.
+Progress lines on stdout start with ``edgeprune-runner: `` (the SSH executor relays them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import ManifestError
+from .job import run_job
+from .manifest import append_result, load_manifest, select_jobs
+from .probe import base_env, print_probe
+from .worker import groups_of, run_worker_group, serve
+
+LOG_PREFIX = "edgeprune-runner: "
+
+
+def log(msg: str) -> None:
+    print(LOG_PREFIX + msg, flush=True)
+
+
+def report(i: int, n: int, r: dict) -> None:
+    """One progress line per finished job."""
+    if r["ok"]:
+        t = sorted(r["times_ms"])
+        med = t[len(t) // 2] if len(t) % 2 else (t[len(t) // 2 - 1] + t[len(t) // 2]) / 2
+        msg = "ok, median %.4f ms over %d runs" % (med, len(t))
+        if r["verified"] is not None:
+            msg += ", %s (max diff %.3g)" % ("verified" if r["verified"] else "NOT VERIFIED", r["max_abs_diff"])
+        if r["accuracy"] is not None:
+            msg += ", accuracy %.2f%% on %d samples" % (r["accuracy"], r["eval_samples"])
+    else:
+        msg = "FAILED: %s" % r["error"]
+    log("[%d/%d] %s (%s): %s" % (i, n, r["id"], r["backend"], msg))
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="runner.pyz", description="edgeprune on-device benchmark runner")
+    ap.add_argument("bundle", nargs="?", help="bundle directory (with manifest.json)")
+    ap.add_argument("--only", nargs="+", metavar="JOB_ID", help="run only these jobs")
+    ap.add_argument("--probe", action="store_true", help="print JSON about this device and exit")
+    ap.add_argument("--in-process", action="store_true", help="run jobs in this process (no worker processes)")
+    ap.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    if args.probe:
+        return print_probe()
+    if not args.bundle:
+        ap.print_usage(sys.stderr)
+        print("runner.pyz: error: BUNDLE_DIR is required (or --probe)", file=sys.stderr)
+        return 2
+    bundle = os.path.abspath(args.bundle)
+    try:
+        jobs = select_jobs(load_manifest(bundle), args.only)
+    except ManifestError as exc:
+        print(LOG_PREFIX + "bad manifest: %s" % exc, file=sys.stderr)
+        return 2
+    env = base_env()
+    if args.worker_fd is not None:  # internal: run jobs, stream results to the parent
+        return serve(args.worker_fd, jobs, bundle, env)
+
+    n = len(jobs)
+    counts = {"done": 0, "failed": 0}
+
+    def on_result(r: dict) -> None:
+        append_result(bundle, r)
+        counts["done"] += 1
+        counts["failed"] += 0 if r.get("ok") else 1
+        report(counts["done"], n, r)
+
+    log("running %d job(s) from %s" % (n, bundle))
+    if args.in_process or os.name != "posix":  # workers need pass_fds, which is POSIX-only
+        for job in jobs:
+            on_result(run_job(job, bundle, env))
+    else:
+        for _key, group in groups_of(jobs):
+            run_worker_group(bundle, group, env, on_result)
+    return 1 if counts["failed"] else 0
