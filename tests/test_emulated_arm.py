@@ -20,8 +20,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from edgeprune.paths import CACHE_ENV
+
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("EDGEPRUNE_CACHE", "/var/cache/edgeprune"))
+# The same variable as edgeprune's cache root, but scripts/emulated-device.sh defaults it to
+# a system folder: building the board needs root, and one image serves every user.
+CACHE = Path(os.environ.get(CACHE_ENV, "/var/cache/edgeprune"))
 ROOTFS = CACHE / "rootfs-arm64"
 DEVICES = CACHE / "emulated-rpi4.devices.yaml"
 SCRIPT = REPO / "scripts" / "emulated-device.sh"

@@ -16,6 +16,13 @@ network on either side:
 
 The board needs only the TVM runtime (``pip install apache-tvm``) and numpy. The server
 runs under a pseudo-terminal, so closing the session stops it.
+
+The forwards are pumped by threads of *this* process. Talk to the tracker from another
+process, as MetaSchedule's RPC runner does (it runs in popen workers): some TVM RPC
+client calls (e.g. loading a Relax VM on the board) block in C++ while holding the GIL,
+so a client in this process would wait for bytes that its own forwarding threads can
+no longer move (measured: ``run_tvm_artifact`` here hangs in ``VirtualMachine()``,
+the same call from a child process returns in a second).
 """
 
 from __future__ import annotations

@@ -54,7 +54,9 @@ def apply_pruning(
     p_ms = (pruned.latency_ms or {}).get("median")
     if o_ms and p_ms:
         ratio = p_ms / o_ms
-        budget_ratio = result.budget_ms / result.original_predicted_ms
+        # a fraction is kept as the user gave it (no fraction -> ms -> fraction round trip)
+        budget_ratio = (result.budget_fraction if result.budget_fraction is not None
+                        else result.budget_ms / result.original_predicted_ms)
         extra["measured_ratio"] = round(ratio, 4)
         extra["budget_ratio"] = round(budget_ratio, 4)
         extra["predicted_ratio"] = round(result.predicted_latency_ms / result.original_predicted_ms, 4)
