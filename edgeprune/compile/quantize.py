@@ -173,7 +173,7 @@ def quantize_int8(
             calibrate_method=getattr(CalibrationMethod, calibrate_method),
         )
     except Exception as exc:  # noqa: BLE001 - ORT raises assorted types
-        from edgeprune.compile.backends.onnxruntime import one_line
+        from edgeprune.compile.backends.base import one_line
 
         raise BackendError(f"INT8 quantization of {model.name} failed: {one_line(exc)}") from exc
     finally:

@@ -1,9 +1,9 @@
 """The backend interface: ``build(onnx, target) -> Artifact`` on the host.
 
 Running an artifact is *not* part of this interface on purpose: artifacts run on the
-device through the self-contained runner (``edgeprune/runner/``, shipped as ``runner.pyz``), which has its
-own small per-backend loaders and needs only numpy + the runtime. The host side only
-compiles and describes what it built.
+device through the self-contained runner (``edgeprune/runner/``, shipped as
+``runner.pyz``), which has its own small per-backend loaders and needs only numpy + the
+runtime. The host side only compiles and describes what it built.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import BackendError
 from edgeprune.registry import Registry
+# one formatter of runtime errors for the host and the device (the runner imports nothing of ours)
+from edgeprune.runner.errors import one_line
+
+__all__ = ["BACKENDS", "Artifact", "Backend", "dist_version", "get_backend", "one_line"]
 
 if TYPE_CHECKING:
     from edgeprune.config.targets import Target
@@ -43,6 +47,18 @@ class Artifact:
         d["path"] = str(self.path)
         d["files"] = [str(f) for f in self.files]
         return d
+
+
+def dist_version(backend: str, dists: tuple[str, ...], pip_name: str) -> str:
+    """Installed version of the first distribution in ``dists``, or a BackendError with a pip hint."""
+    from importlib import metadata
+
+    for d in dists:
+        try:
+            return metadata.version(d)
+        except metadata.PackageNotFoundError:
+            continue
+    raise BackendError(f"backend '{backend}' is not installed on this host", f"pip install {pip_name}")
 
 
 class Backend(ABC):

@@ -4,9 +4,6 @@ The artifact is the ONNX file itself (portable: any device with ``pip install
 onnxruntime`` runs it, x86_64 or aarch64). Graph optimisation happens when the runner
 creates the session on the device (``graph_optimization_level: all``), because ORT's
 fully optimised graphs are specific to the machine that produced them.
-
-The small helpers at the top (:func:`dist_version`, :func:`one_line`) are
-shared by the other backend modules.
 """
 
 from __future__ import annotations
@@ -16,33 +13,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeprune.compile.backends.base import BACKENDS, Artifact, Backend
+from edgeprune.compile.backends.base import BACKENDS, Artifact, Backend, dist_version, one_line
 from edgeprune.errors import BackendError
 
 if TYPE_CHECKING:
     from edgeprune.config.targets import Target
-
-
-def dist_version(backend: str, dists: tuple[str, ...], pip_name: str) -> str:
-    """Installed version of the first distribution in ``dists``, or a BackendError with a pip hint."""
-    from importlib import metadata
-
-    for d in dists:
-        try:
-            return metadata.version(d)
-        except metadata.PackageNotFoundError:
-            continue
-    raise BackendError(f"backend '{backend}' is not installed on this host", f"pip install {pip_name}")
-
-
-def one_line(exc: BaseException) -> str:
-    """The first informative line of an exception (TVM/OpenVINO errors span many lines)."""
-    skip = ("Traceback", "File ", "  File", "^", "---")
-    for line in str(exc).splitlines():
-        s = line.strip()
-        if s and not s.startswith(skip):
-            return f"{type(exc).__name__}: {s}" if not s.startswith(type(exc).__name__) else s
-    return type(exc).__name__
 
 
 class OnnxRuntimeBackend(Backend):

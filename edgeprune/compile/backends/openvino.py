@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.compile.backends.base import BACKENDS, Artifact, Backend
-from edgeprune.compile.backends.onnxruntime import dist_version, one_line
+from edgeprune.compile.backends.base import dist_version, one_line
 from edgeprune.errors import BackendError
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeprune.compile.backends.base import BACKENDS, Artifact, Backend
-from edgeprune.compile.backends.onnxruntime import one_line
+from edgeprune.compile.backends.base import one_line
 from edgeprune.compile.backends.tvm.records import TuningError, apply_records, records_for
 from edgeprune.compile.backends.tvm.relax import import_relax
 from edgeprune.compile.backends.tvm.targets import NAME, apt_package, cross_compiler, target_dict, tvm_version

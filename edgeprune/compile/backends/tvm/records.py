@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeprune.compile.backends.onnxruntime import one_line
+from edgeprune.compile.backends.base import one_line
 from edgeprune.compile.backends.tvm.relax import count_scheduled, is_cpu, lower_for_tuning
 from edgeprune.compile.backends.tvm.targets import NAME, target_dict, tvm_version
 from edgeprune.errors import BackendError

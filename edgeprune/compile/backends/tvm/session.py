@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeprune.compile.backends.onnxruntime import one_line
+from edgeprune.compile.backends.base import one_line
 from edgeprune.compile.backends.tvm.builders import fast_frame_stack, persistent_builder
 from edgeprune.compile.backends.tvm.lag import focus_kernels, set_lag
 from edgeprune.compile.backends.tvm.plan import fit_first_round, seconds_per_batch, trial_plan

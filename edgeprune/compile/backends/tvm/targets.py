@@ -11,7 +11,7 @@ from __future__ import annotations
 import platform
 from typing import TYPE_CHECKING, Any
 
-from edgeprune.compile.backends.onnxruntime import dist_version
+from edgeprune.compile.backends.base import dist_version
 
 if TYPE_CHECKING:
     from edgeprune.config.targets import Target
