@@ -69,3 +69,8 @@ class ResultsError(EdgepruneError):
     """The results database cannot be opened, is too new, or a run/measurement is unknown."""
 
     exit_code = 10
+
+
+#: ``edgeprune nightly``'s exit status is a contract for cron and CI, whatever went wrong:
+#: 0 no regression, 1 a regression (or an unknown verdict with fail_on_unknown), 2 the run failed
+EXIT_OK, EXIT_REGRESSION, EXIT_FAILED = 0, 1, 2

@@ -18,8 +18,7 @@ import click
 from edgeprune.cli.common import ContractCommand, host_key_option, json_option, since_option
 from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.cli.results_cmd import db_option
-
-EXIT_OK, EXIT_REGRESSION, EXIT_FAILED = 0, 1, 2
+from edgeprune.errors import EXIT_FAILED  # the nightly exit contract (0 ok, 1 regression, 2 failed)
 
 
 def _sigterm_to_interrupt(signum, frame):  # CI runners stop jobs with SIGTERM

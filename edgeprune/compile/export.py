@@ -79,7 +79,6 @@ def export_onnx(model: LoadedModel, out_path: Path, tolerance: float = DEFAULT_P
     _check(proto, out_path)
 
     import onnxruntime as ort
-    import torch
 
     sess = ort.InferenceSession(str(out_path), providers=["CPUExecutionProvider"])
     worst, n = 0.0, 0

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeprune.bench.bundle import BenchJob
 from edgeprune.bench.measure import Bundle
 from edgeprune.bench.settings import BenchSettings
 from edgeprune.latency.layers import input_shapes, make_inputs, write_layer_onnx

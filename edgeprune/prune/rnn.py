@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from edgeprune.errors import PruneError
+
 RNN_TYPES = (nn.LSTM, nn.GRU)
 
 

@@ -28,8 +28,6 @@ PROBE_CACHE_S = 300.0
 
 def run_probe(conn: SSHConnection) -> dict[str, Any]:
     """``runner --probe`` on ``conn``'s device, with the device's python and env."""
-    from edgeprune.runner.ship import probe_source
-
     dev = conn.device
     r = conn.run([dev.python, "-", "--probe"], dev.command_timeout_s, env=dev.env, stdin=probe_source())
     if r.timed_out:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeprune.errors import ConfigError
+from edgeprune.errors import EXIT_FAILED, EXIT_OK, EXIT_REGRESSION, ConfigError  # the nightly exit contract
 from edgeprune.flows.nightly.cell import CellRunner
 from edgeprune.flows.nightly.matrix import Cell, NightlyConfig, load_matrix, shard
 from edgeprune.results import fingerprint
@@ -20,8 +20,6 @@ from edgeprune.results.evaluate import CellOutcome, Policy
 from edgeprune.results.store import ResultsStore
 
 Log = Callable[[str], None]
-
-EXIT_OK, EXIT_REGRESSION, EXIT_FAILED = 0, 1, 2
 
 
 @dataclass
