@@ -12,6 +12,7 @@ others carry on: one unreachable board never throws away another's numbers.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from edgeprune.bench import rounds as _rounds
 from edgeprune.bench.bundle import BenchJob, JobResult, write_manifest
+from edgeprune.bench.device_lock import device_lock
 from edgeprune.bench.devices import executor_for
 from edgeprune.config.devices import Device
 from edgeprune.errors import EdgepruneError
@@ -72,8 +74,10 @@ class Measurements:
 
 
 def measure_on(device: Device, bundle: Bundle, *, rounds: int = 1, timeout_s: float = 1800.0,
-               only: Sequence[str] | None = None, log: Log = _quiet) -> Measurements:
-    """Run ``bundle`` on ``device`` in ``rounds`` interleaved rounds.
+               only: Sequence[str] | None = None, log: Log = _quiet, wait: bool = True) -> Measurements:
+    """Run ``bundle`` on ``device`` in ``rounds`` interleaved rounds, holding the
+    device's lock (:mod:`edgeprune.bench.device_lock`; ``wait=False`` fails at once when
+    another run holds it).
 
     Device errors are raised (a caller timing one device wants to know at once); use
     :func:`measure` for several devices, where they are recorded instead.
@@ -88,13 +92,16 @@ def measure_on(device: Device, bundle: Bundle, *, rounds: int = 1, timeout_s: fl
     if only:
         keep = set(only)
         wanted = [j.id for j in jobs if _rounds.base_id(j.id) in keep]
-    raw = executor_for(device).run_bundle(bundle.dir, timeout_s=timeout_s, only=wanted)
+    # SSH boards are locked on the board by their executor; this host's CPU is locked here
+    lock = device_lock(device, wait=wait, log=log) if device.kind == "local" else contextlib.nullcontext()
+    with lock:
+        raw = executor_for(device).run_bundle(bundle.dir, timeout_s=timeout_s, only=wanted)
     merged, medians = _rounds.merge({r.id: r for r in raw})
     return Measurements(device=device, results=merged, round_medians=medians)
 
 
 def measure(bundles: dict[str, Bundle] | Bundle, devices: Sequence[Device], *, rounds: int = 1,
-            timeout_s: float = 1800.0, log: Log = _quiet, max_parallel: int | None = None
+            timeout_s: float = 1800.0, log: Log = _quiet, max_parallel: int | None = None, wait: bool = True,
             ) -> dict[str, Measurements]:
     """Measure on every device in parallel (one thread per device; each executor keeps
     its board to one run at a time). ``bundles`` is one bundle for all devices or one
@@ -115,7 +122,7 @@ def measure(bundles: dict[str, Bundle] | Bundle, devices: Sequence[Device], *, r
 
         t0 = time.monotonic()
         try:
-            m = measure_on(dev, per_device[dev.name], rounds=rounds, timeout_s=timeout_s, log=dlog)
+            m = measure_on(dev, per_device[dev.name], rounds=rounds, timeout_s=timeout_s, log=dlog, wait=wait)
         except EdgepruneError as exc:
             dlog(f"benchmark failed: {exc}")
             m = Measurements(device=dev, error=str(exc))

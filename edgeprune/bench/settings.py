@@ -36,6 +36,8 @@ class BenchSettings:
     #: time inside the runner's steady gate: off by default for compile, whose
     #: artifacts are few and long-timed; on for noisy devices
     steady_gate: bool = False
+    #: a device busy with another run: wait for it (True) or fail at once (``--no-wait``)
+    wait_for_device: bool = True
 
     @property
     def gate(self) -> dict[str, Any] | None:

@@ -281,7 +281,8 @@ def steady_gate_option(default: bool, help: str) -> Callable:
 def _bench_settings(v: dict[str, Any], _: dict[str, Any]) -> BenchSettings:
     return BenchSettings(warmup=v["warmup"], min_runs=v["min_runs"], min_time_s=v["min_time"],
                          max_time_s=v["max_time"], threads=v["threads"], timeout_s=v["timeout"],
-                         eval_samples=v["eval_samples"], rounds=v["rounds"], steady_gate=v["steady_gate"])
+                         eval_samples=v["eval_samples"], rounds=v["rounds"], steady_gate=v["steady_gate"],
+                         wait_for_device=not v["no_wait"])
 
 
 bench_options = collect_options(
@@ -308,10 +309,13 @@ bench_options = collect_options(
         click.option("--eval-samples", type=click.IntRange(1), metavar="N",
                      help="Score accuracy on at most this many held-out samples (default: all; fewer for slow or "
                           "emulated devices)."),
+        click.option("--no-wait", "no_wait", is_flag=True,
+                     help="Fail at once (exit code 7) when the device is busy with another run, instead of "
+                          "waiting for it: one device times one run at a time."),
     ],
     into="bench",
     build=_bench_settings,
     keys=("threads", "min_runs", "min_time", "max_time", "warmup", "timeout", "rounds", "steady_gate",
-          "eval_samples"),
+          "eval_samples", "no_wait"),
 )
 bench_options.__doc__ = "How long and how carefully to measure -> ``bench: BenchSettings``."

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeprune.bench.device_lock import check_free
 from edgeprune.bench.measure import Measurements, measure
 from edgeprune.bench.settings import BenchSettings
 from edgeprune.compile.prepare import ORIGINAL, PrepareOptions, Prepared, Variant, prepare, resolve_backends
@@ -132,6 +133,8 @@ def compile_model(
     Per-backend failures are recorded in the summary rather than raised.
     """
     resolve_backends(options.backends, target)  # unknown backends fail before any work
+    if not options.bench.wait_for_device and can_measure(target, device) and device.kind == "local":
+        check_free(device)  # --no-wait: a busy device fails now, not after the export and builds
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = [Variant(model=model)]
     pruned = None
@@ -142,5 +145,6 @@ def compile_model(
     measured = None
     if can_measure(target, device) and prepared.bundle.jobs:
         s = options.bench
-        measured = measure(prepared.bundle, [device], rounds=s.rounds, timeout_s=s.timeout_s, log=log)[device.name]
+        measured = measure(prepared.bundle, [device], rounds=s.rounds, timeout_s=s.timeout_s, log=log,
+                           wait=s.wait_for_device)[device.name]
     return finish(prepared, measured, device, variants[0].model, options, out_dir, pruned)

@@ -77,7 +77,8 @@ def bench_on_devices(
     runnable = [d for d in devices if can_measure(target, d) and prepared.bundle.jobs]
     s = options.bench
     measured = measure({n: bundles[n] for n in (d.name for d in runnable)}, runnable, rounds=s.rounds,
-                       timeout_s=s.timeout_s, log=log, max_parallel=max_parallel) if runnable else {}
+                       timeout_s=s.timeout_s, log=log, max_parallel=max_parallel,
+                       wait=s.wait_for_device) if runnable else {}
     for d in devices:
         o = outcomes[d.name]
         m = measured.get(d.name)

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeprune.bench.device_lock import device_lock
 from edgeprune.errors import EdgepruneError
 from edgeprune.flows.nightly.matrix import Cell
 from edgeprune.results.evaluate import CellOutcome, Policy, another_batch, judge
@@ -33,27 +32,6 @@ if TYPE_CHECKING:
     from edgeprune.config.devices import Device
 
 Log = Callable[[str], None]
-
-
-@contextlib.contextmanager
-def host_lock(device_name: str, log: Log) -> Iterator[None]:
-    """Exclusive lock for timing on *this machine* (across threads and processes).
-
-    Every ``kind: local`` device is this host's CPU, whatever its name: two of them
-    timing at once would disturb each other, so they share one lock.
-    """
-    d = Path(tempfile.gettempdir()) / "edgeprune-locks"
-    d.mkdir(parents=True, exist_ok=True)
-    with open(d / "local-host.lock", "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"this host is busy with another benchmark (device '{device_name}' waits for it) ...")
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def retimed(b: "BackendResult", jr: "JobResult", round_medians: list[float]) -> "BackendResult":
@@ -95,10 +73,11 @@ class CellRunner:
             return self._models[spec]
 
     def _timing(self, cell: Cell, device: "Device"):
-        """The lock a cell's timing holds: this host's for local devices (the SSH
-        executor keeps its board to one run at a time itself)."""
+        """The lock a cell holds over its build and timing: this host's for local devices
+        (:mod:`edgeprune.bench.device_lock`, the one ``measure`` takes again inside; the
+        SSH executor keeps its board to one run at a time itself)."""
         if device.kind == "local":
-            return host_lock(device.name, lambda m: self.say(cell, m))
+            return device_lock(device, log=lambda m: self.say(cell, m))
         return contextlib.nullcontext()
 
     def _judged(self, attempts: list[Measurement]) -> CellOutcome:
