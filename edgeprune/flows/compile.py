@@ -108,12 +108,11 @@ def finish(prepared: Prepared, measured: Measurements | None, device: Device, mo
     if pruned is not None:
         from edgeprune.prune.figures import apply_pruning
 
-        orig = prepared.variant(ORIGINAL)
-        figures = ModelFigures(params=orig.cost.params, macs=orig.cost.macs, accuracy=orig.accuracy) if orig else \
-            ModelFigures(params=pruned.result.params_before, macs=pruned.result.macs_before,
-                         accuracy=pruned.result.accuracy_before)
-        apply_pruning(summary, pruned.result, figures, orig.errors if orig else {},
-                      measured.results if measured is not None else {}, ORIGINAL, pruned.gate_error, pruned.saved)
+        orig = prepared.variant(ORIGINAL)  # prune_variants always adds it
+        assert orig is not None
+        figures = ModelFigures(params=orig.cost.params, macs=orig.cost.macs, accuracy=orig.accuracy)
+        apply_pruning(summary, pruned.result, figures, orig.errors, measured.results if measured is not None else {},
+                      ORIGINAL, pruned.gate_error, pruned.saved)
     summary.write(out_dir)
     write_report(summary, out_dir / "report.md")
     return summary
