@@ -340,8 +340,10 @@ start() {
     in_root /usr/sbin/sshd -f "$SSHD_CONFIG" -E /var/log/sshd-edgeprune.log
     local i
     # sshd runs under qemu user emulation: on a busy host it can take tens of seconds to listen
+    # and it writes its pid file only after it listens: wait for both (a CI run once found the
+    # port open and the pid file not yet written, and called a starting sshd dead)
     for i in $(seq 1 180); do
-      if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then break; fi
+      if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && sshd_pid >/dev/null; then break; fi
       sleep 0.5
     done
     pid="$(sshd_pid)" || die "sshd did not start (log: $ROOT/var/log/sshd-edgeprune.log)"

@@ -62,13 +62,18 @@ def lock_name(device: Device) -> str:
 
 
 def holder(path: Path) -> str:
-    """Who holds the lock file at ``path`` ("pid N (command)"), as it wrote itself."""
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return "another process"
-    pid, _, cmd = text.partition(" ")
-    return f"pid {pid} ({cmd})" if pid.isdigit() else "another process"
+    """Who holds the lock file at ``path`` ("pid N (command)"), as it wrote itself (a
+    holder writes itself in right after it takes the lock: give it a moment)."""
+    for _ in range(10):
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            text = ""
+        pid, _, cmd = text.partition(" ")
+        if pid.isdigit():
+            return f"pid {pid} ({cmd})"
+        time.sleep(0.05)
+    return "another process"
 
 
 def _try_slots(paths: list[Path]) -> tuple[IO[str], Path] | None:
