@@ -100,6 +100,13 @@ def measure_on(device: Device, bundle: Bundle, *, rounds: int = 1, timeout_s: fl
     return Measurements(device=device, results=merged, round_medians=medians)
 
 
+def check_distinct(devices: Sequence[Device]) -> None:
+    """Each device once: two threads timing one board would measure each other."""
+    names = [d.name for d in devices]
+    if len(set(names)) != len(names):
+        raise EdgepruneError(f"device given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+
+
 def measure(bundles: dict[str, Bundle] | Bundle, devices: Sequence[Device], *, rounds: int = 1,
             timeout_s: float = 1800.0, log: Log = _quiet, max_parallel: int | None = None, wait: bool = True,
             ) -> dict[str, Measurements]:
@@ -107,9 +114,7 @@ def measure(bundles: dict[str, Bundle] | Bundle, devices: Sequence[Device], *, r
     its board to one run at a time). ``bundles`` is one bundle for all devices or one
     per device name (a bundle folder is written by the run, so parallel devices each
     need their own). Returns measurements by device name; failures are recorded."""
-    names = [d.name for d in devices]
-    if len(set(names)) != len(names):
-        raise EdgepruneError(f"device given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    check_distinct(devices)
     per_device = bundles if isinstance(bundles, dict) else {d.name: bundles for d in devices}
     if len(devices) > 1 and len({id(per_device[d.name]) for d in devices}) < len(devices):
         raise ValueError("measure: several devices need one bundle folder each")

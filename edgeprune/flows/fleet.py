@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgeprune.bench.measure import Bundle, measure
+from edgeprune.bench.measure import Bundle, check_distinct, measure
 from edgeprune.compile.prepare import Variant, prepare
 from edgeprune.compile.summary import CompileSummary
 from edgeprune.config.devices import Device
@@ -58,9 +58,7 @@ def bench_on_devices(
 ) -> list[DeviceOutcome]:
     """Prepare ``model`` once, measure it on every device in parallel, summarize per
     device into ``out_dir/<device>``. One device failing does not stop the others."""
-    names = [d.name for d in devices]
-    if len(set(names)) != len(names):
-        raise EdgepruneError(f"device given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    check_distinct(devices)  # before the export and builds, not after
     if options.prune is not None:
         raise EdgepruneError("pruning on several devices at once is not supported", "prune with one --device")
     prepared = prepare([Variant(model=model)], target, out_dir, options.prepare_options(), log)
