@@ -45,3 +45,24 @@ def no_shape() -> nn.Module:
 
 def not_a_module() -> str:
     return "surprise"
+
+
+def tiny_matmul_onnx(path):
+    """Write a small MatMul-Add-Relu ONNX model (batch 4, 64 -> 32) to ``path``; returns it."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W")
+    b = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "B")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["a"]),
+         helper.make_node("Relu", ["a"], ["y"])],
+        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], [w, b],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path

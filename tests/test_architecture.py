@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "edgeprune"
 
 #: bottom -> top; a module may import its own layer and the layers below it
 LAYERS: list[tuple[str, ...]] = [
-    ("edgeprune", "edgeprune.errors", "edgeprune.registry", "edgeprune.paths", "edgeprune.durations",
+    ("edgeprune", "edgeprune.errors", "edgeprune.registry", "edgeprune.paths", "edgeprune.durations", "edgeprune.signals",
      "edgeprune.host", "edgeprune.runner"),
     ("edgeprune.config",),
     ("edgeprune.models",),

@@ -1,5 +1,5 @@
 """``--backend auto`` picks the fastest artifact whose outputs and accuracy pass, never one
-that failed parity, and says why."""
+that failed parity, and says why; on a CPU target it does not build an untuned TVM."""
 
 from __future__ import annotations
 
@@ -107,6 +107,8 @@ def test_cli_auto_prints_the_choice_and_why(tmp_path):
                                    "--min-runs", "5", "--min-time", "0.05", "--warmup", "1"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert "chosen: " in res.output and "lowest median latency" in res.output
+    # auto on a CPU target leaves an untuned TVM out (it never wins there), and says so
+    assert "building tvm" not in res.output and "note: tvm skipped: no tuning records" in res.output
 
 
 def test_a_runner_up_that_won_some_rounds_is_reported_as_a_tie_within_noise():

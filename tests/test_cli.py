@@ -42,7 +42,7 @@ def test_targets_and_devices_are_listed():
 
 @pytest.fixture(scope="session")
 def digits_compiled(tmp_path_factory):
-    """`edgeprune compile --model zoo:digits-cnn --target host` with every backend."""
+    """`edgeprune compile --model zoo:digits-cnn --target host` (auto: every backend worth building)."""
     out = tmp_path_factory.mktemp("demo")
     res = CliRunner().invoke(cli, ["compile", "--model", "zoo:digits-cnn", "--target", "host", "--out", str(out), *FAST],
                              catch_exceptions=False)
@@ -59,7 +59,9 @@ def test_compile_digits_on_host_builds_benches_and_verifies_every_backend(digits
     assert s["pruned"] is None
     assert s["original"]["params"] > 0 and s["original"]["macs"] > 1e6 and s["original"]["accuracy"] > 90
     by_name = {b["name"]: b for b in s["backends"]}
-    assert set(by_name) == {"onnxruntime", "openvino", "tvm"}
+    # auto on a CPU target leaves out an untuned TVM (no tuning records here), and says so
+    assert set(by_name) == {"onnxruntime", "openvino"}
+    assert any(n.startswith("tvm skipped: no tuning records") for n in s["notes"])
     for b in by_name.values():
         assert b["verified"] is True, b
         assert b["runs"] >= 5
@@ -68,7 +70,6 @@ def test_compile_digits_on_host_builds_benches_and_verifies_every_backend(digits
         assert abs(b["accuracy"] - s["original"]["accuracy"]) < 1.0
         assert Path(b["artifact"]).exists()
     assert Path(by_name["openvino"]["artifact"]).suffix == ".xml"
-    assert Path(by_name["tvm"]["artifact"]).suffix == ".so"
     assert s["backend"] in by_name and "lowest median latency" in s["choice_reason"]
     assert "median" in res.output and "chosen:" in res.output
 

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from edgeprune.latency.grid import GridSettings, Staircase
 from edgeprune.latency.layers import input_shapes, layer_model, make_inputs
 from edgeprune.latency.entry import LatencyEntry
+from edgeprune.latency.lut import LatencyTable
 from edgeprune.latency.points import complete_table
 from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement
 from edgeprune.latency.store import LUTStore, StaleTableError, TableKey
@@ -151,6 +152,75 @@ def test_noisy_spike_is_measured_again():
     assert entries[sig].ms == pytest.approx(staircase_ms(32, 24))  # median of rounds drops the burst
 
 
+def test_points_an_interruption_cut_short_are_completed_not_measured_again():
+    """A point timed in only some of its rounds (``partial``: the rounds it still owes) is
+    completed first, with those rounds only, before the plan moves on; never re-measured
+    from scratch, and never judged noisy on its few rounds."""
+    from edgeprune.latency.points import cut_short, needed, noisy
+
+    space = chain_space(2, width=32)
+    grid = GridSettings(lanes=8)
+    table, entries, _ = fill(space, grid)
+    done = dict(entries)
+    sigs = sorted(entries)[:3]
+    for k in sigs:  # an interrupted run kept one round of these
+        entries[k] = LatencyEntry.from_rounds([entries[k].rounds[0] * 1.5], 10, partial=2)
+    # and had not reached this one yet
+    missing = next(k for k in sorted(done) if k not in sigs)
+    del entries[missing]
+    table = LatencyTable(space, entries, grid)
+    assert sorted(p.signature for p in cut_short(table)) == sigs
+    assert sorted(p.signature for p in needed(table)) == sorted(sigs + [missing])  # no refinement yet
+    assert sorted(p.signature for p in needed(table, skip=sigs)) == [missing]
+    assert not {p.signature for p in noisy(table)} & set(sigs)
+    asked: list[tuple[str, bool]] = []
+
+    def measure(points, remeasure):
+        for p in points:
+            asked.append((p.signature, remeasure))
+            old = entries.get(p.signature)
+            if old is not None and old.partial:
+                entries[p.signature] = old.completed(done[p.signature].rounds[:old.partial], 20)
+            else:
+                entries[p.signature] = done[p.signature]
+        return {}
+
+    final, failures = complete_table(space, entries, grid, measure)
+    assert not failures and final.complete
+    assert sorted(asked) == sorted((k, False) for k in sigs + [missing])  # each once, nothing else
+    for k in sigs:
+        e = entries[k]
+        assert not e.partial and e.remeasured == 0 and len(e.rounds) == 3 and e.runs == 30
+    # the mark survives the table file, and a rescale (a concurrent profiler's unit)
+    e = LatencyEntry.from_rounds([1.0], 5, partial=2)
+    assert LatencyEntry.from_dict(e.to_dict()).partial == 2 and e.rescaled(2.0).partial == 2
+    assert "partial" not in LatencyEntry.from_rounds([1.0, 1.1], 5).to_dict()
+
+
+def test_an_interrupted_bundle_keeps_its_finished_series_with_the_rounds_they_owe():
+    from edgeprune.bench.bundle import BenchJob, JobResult
+    from edgeprune.bench.measure import Bundle
+    from edgeprune.latency.layer_bundle import REFERENCE_KEY, LayerBundle
+    from edgeprune.latency.series import fold
+
+    from edgeprune.latency.layer_bundle import Job
+
+    keys = [REFERENCE_KEY, "a", "b", "c"]
+    ids = ["0.r0.0", "1.r0", "2.r0", "3.r0", "0.r0.1", "0.r1.0", "2.r1", "1.r1", "3.r1", "0.r1.1"]
+    jobs = [BenchJob(id=i, backend="onnxruntime", artifact="x", inputs="y") for i in ids]
+    lb = LayerBundle(Bundle(Path("."), jobs), keys=keys,
+                     jobs={k: Job(k, write_onnx=print, inputs=list, input_key="") for k in keys})
+    # stopped in round 2, after "b"; "c" failed in round 1 (the runner was stopped inside its series)
+    done = {"0.r0.0": 1.0, "1.r0": 2.0, "2.r0": 3.0, "0.r0.1": 1.0, "0.r1.0": 1.0, "2.r1": 3.1}
+    results = {i: JobResult(id=i, ok=True, times_ms=[m]) for i, m in done.items()}
+    results["3.r0"] = JobResult(id="3.r0", ok=False, error="stopped")
+    f = fold(lb, results, asked=2)
+    assert f.timings["a"].rounds == [2.0] and f.timings["a"].short == 1
+    assert f.timings["b"].rounds == [3.0, 3.1] and f.timings["b"].short == 0
+    assert "c" not in f.timings and f.timings[REFERENCE_KEY].short == 0
+    assert fold(lb, results).timings["a"].short == 0  # a bundle that ran to its end owes nothing
+
+
 # ---- predictor -------------------------------------------------------------------------------
 def test_predictor_is_fast_enough_for_search_loops():
     space = chain_space(20, width=64)
@@ -266,7 +336,8 @@ def tiny_profile(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("lut")
     args = ["profile", "--model", TINY, "--backend", "onnxruntime", "--cache-dir", str(root / "cache"), *FAST,
-            "--validate", "--variants", "3", "--out", str(root / "v.json"), "--plot", "--plot-dir", str(root / "png")]
+            "--validate", "--variants", "3", "--out", str(root / "v.json"), "--plot", "--plot-dir", str(root / "png"),
+            "--db", str(root / "results.sqlite")]  # module scope: before the conftest's per-test $EDGEPRUNE_DB
     t0 = time.perf_counter()
     res = CliRunner().invoke(cli, args, catch_exceptions=False)
     return res, root, args, time.perf_counter() - t0

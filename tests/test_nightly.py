@@ -18,9 +18,13 @@ from click.testing import CliRunner
 from edgeprune.cli import cli
 from edgeprune.errors import ConfigError
 from edgeprune.flows.nightly import load_matrix, shard
-from edgeprune.results.evaluate import Policy, judge
+from edgeprune.bench.bundle import BenchJob
+from edgeprune.flows.nightly.keep import ArtifactKeep
+from edgeprune.results.evaluate import Paired, Policy, judge, reference_candidates
+from edgeprune.results.paired import PairedBatch
+from edgeprune.results.records import VerdictRecord
 from edgeprune.results.store import ResultsStore
-from results_helpers import FAST_BENCH, conv_onnx, measurement
+from results_helpers import FAST_BENCH, conv_onnx, measurement, times
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,6 +161,88 @@ def test_a_pinned_baseline_keeps_comparing_with_that_run(tmp_path):
         assert out.latency.verdict in ("SLOWER", "UNKNOWN") and "pinned run" in out.latency.detail
 
 
+# ---------------------------------------------------------------- the paired method's pieces
+def _bundle(root: Path, channels: int = 16) -> tuple[Path, BenchJob]:
+    conv_onnx(root / "onnxruntime" / "model.onnx", channels=channels)
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    np.savez(root / "data" / "inputs.npz", in0=np.zeros((1, 3, 32, 32), np.float32))
+    return root, BenchJob(id="onnxruntime", backend="onnxruntime", artifact="onnxruntime/model.onnx",
+                          inputs="data/inputs.npz", expected="data/expected.npz", threads=1)
+
+
+def test_kept_artifacts_are_checked_against_their_hash_and_pruned(tmp_path):
+    from edgeprune.results.records import artifact_files, file_sha256
+
+    keep = ArtifactKeep(tmp_path / "kept", per_cell=2)
+    cell = ("zoo:digits-cnn", "host", "local", "onnxruntime", "")
+    hashes = []
+    for ch in (8, 16, 24):
+        root, job = _bundle(tmp_path / f"b{ch}", ch)
+        h = file_sha256(artifact_files(root / job.artifact))
+        assert keep.add(cell, h, job, root) == keep.folder(cell, h)
+        hashes.append(h)
+        time.sleep(0.02)  # distinct modification times
+    assert keep.get(cell, hashes[0]) is None  # the oldest went: two per cell
+    job, folder = keep.get(cell, hashes[2])
+    assert job.expected is None and (folder / job.artifact).is_file() and (folder / job.inputs).is_file()
+    assert keep.add(cell, "0" * 64, job, folder) is None  # files that are not the named artifact are not kept
+    (folder / job.artifact).write_bytes(b"truncated")  # a damaged copy is never timed ...
+    assert keep.get(cell, hashes[2]) is None
+    root, job = _bundle(tmp_path / "b24", 24)
+    assert keep.add(cell, hashes[2], job, root) is not None  # ... but repaired
+    assert keep.get(cell, hashes[2]) is not None
+    assert keep.get(cell, None) is None and keep.get(("other",) * 5, hashes[2]) is None
+
+
+def _night(st, rng, level=1.0, artifact="a", verdict=None, **kw):
+    rid = st.begin_run("nightly")
+    m = measurement(rng, level, **kw)
+    m.artifact_hash = artifact * 64
+    st.add_measurement(rid, m)
+    if verdict:
+        st.add_verdict(rid, VerdictRecord(cell=m.cell, kind="latency", verdict=verdict, measurement_id=m.id))
+    st.finish_run(rid, "complete")
+    return rid, m
+
+
+def test_the_artifact_paired_with_is_the_one_that_started_the_level(tmp_path):
+    rng = np.random.default_rng(4)
+    with ResultsStore(tmp_path / "r.sqlite") as st:
+        _night(st, rng, artifact="a")
+        pin, _ = _night(st, rng, artifact="b")
+        _night(st, rng, artifact="c", verdict="SLOWER")  # a detected step: a new level starts here
+        _night(st, rng, artifact="d")
+        _night(st, rng, artifact="d")
+        rid = st.begin_run("nightly")
+        m = measurement(rng)
+        st.add_measurement(rid, m)
+        assert [r.artifact_hash[0] for r in reference_candidates(st, m, rid, Policy())] == ["c", "d"]
+        assert [r.artifact_hash[0] for r in reference_candidates(st, m, rid, Policy(pin=pin))] == ["b"]
+
+
+def test_a_paired_verdict_says_so_and_the_fallback_says_why(tmp_path):
+    rng = np.random.default_rng(5)
+    with ResultsStore(tmp_path / "r.sqlite") as st:
+        for _ in range(3):
+            _, ref = _night(st, rng)
+        rid = st.begin_run("nightly")
+        m = measurement(rng, 1.07)  # a busy night: against history +7 %
+        st.add_measurement(rid, m)
+        # both artifacts +7 % in every round, as the busy host made them
+        busy = [PairedBatch(rounds=[(times(rng, 1.07 * f), times(rng, 1.07 * f))
+                                    for f in np.exp(rng.normal(0, 0.01, 6))])]
+        lat = judge(st, rid, [m], Policy(), Paired(reference=ref, batches=busy)).latency
+        assert lat.data["method"] == "paired" and lat.verdict == "SAME" and not lat.regression
+        assert lat.baseline_ids == [ref.id] and f"paired with the artifact of run {ref.run_id}" in lat.detail
+        assert "A/A check" in lat.detail and lat.data["history"]["ratio"] > 1.04  # the history's view, shown
+        slow = [PairedBatch(rounds=[(times(rng, 1.10 * 1.07 * f), times(rng, 1.07 * f))
+                                    for f in np.exp(rng.normal(0, 0.01, 6))])]
+        assert judge(st, rid, [m], Policy(), Paired(reference=ref, batches=slow)).latency.verdict == "SLOWER"
+        old = judge(st, rid, [m], Policy(), Paired(note="the baseline's artifact is not kept")).latency
+        assert "not paired: the baseline's artifact is not kept" in old.detail and old.data["method"] == "history"
+        assert old.verdict == "SLOWER"  # the same busy night against history: the false regression of issue 18
+
+
 # ---------------------------------------------------------------- real nightly runs
 def test_nightly_runs_stores_judges_and_reports(tmp_path):
     model = conv_onnx(tmp_path / "conv.onnx", channels=16)
@@ -180,13 +266,17 @@ def test_nightly_runs_stores_judges_and_reports(tmp_path):
     assert first["status"] == "complete" and len(first["cells"]) == 2
     assert {c["verdicts"][0]["verdict"] for c in first["cells"]} == {"NO_BASELINE"}
     assert sorted(p.name for p in rep.iterdir()) == ["junit.xml", "report.html", "report.json", "report.md"]
-    assert not any((tmp_path / "w").iterdir())  # bundles cleaned up
+    assert not any((tmp_path / "w").iterdir())  # bundles cleaned up ...
+    kept = tmp_path / "r.sqlite.artifacts"  # ... but each cell's artifact is kept beside the database
+    assert len(list(kept.glob("*/*/job.json"))) == 2
 
-    for _ in range(2):  # the same model again: no regression
+    for _ in range(2):  # the same model again: no regression, judged against the kept artifact
         res = nightly(*args, "--json")
         assert res.exit_code == 0, res.output
         again = json.loads(res.stdout)
-        assert {c["verdicts"][0]["verdict"] for c in again["cells"]} <= {"NO_BASELINE", "SAME", "UNKNOWN", "FASTER"}
+        assert {c["verdicts"][0]["verdict"] for c in again["cells"]} <= {"SAME", "UNKNOWN", "FASTER"}
+        assert {c["verdicts"][0]["data"]["method"] for c in again["cells"]} == {"paired"}
+        assert all("the same artifact" in c["verdicts"][0]["detail"] for c in again["cells"])
 
     conv_onnx(model, channels=64)  # the user's model grew: a real, large slowdown
     res = nightly(*args, "--json")
@@ -195,6 +285,8 @@ def test_nightly_runs_stores_judges_and_reports(tmp_path):
     assert all(c["regression"] for c in grown["cells"])
     assert all(c["verdicts"][0]["verdict"] == "SLOWER" and c["verdicts"][0]["ratio"] > 1.3 for c in grown["cells"])
     assert all(c["verdicts"][0]["data"]["attempts"] == 2 for c in grown["cells"])  # confirmed before reported
+    assert all(c["verdicts"][0]["data"]["method"] == "paired" for c in grown["cells"])
+    assert len(list(kept.glob("*/*/job.json"))) == 4  # the grown model's artifacts join the old ones
     suite = ET.parse(rep / "junit.xml").getroot().find("testsuite")
     assert suite.get("failures") == "2"
 
@@ -205,12 +297,14 @@ def test_nightly_runs_stores_judges_and_reports(tmp_path):
         assert {m.device for m in ms} == {"bench-a", "bench-b"} and len({m.model_hash for m in st.measurements()}) == 2
 
 
-def test_unknown_is_measured_again_and_a_failed_cell_fails_the_run(tmp_path):
+@pytest.mark.parametrize("retime", [True, False], ids=["paired", "history"])
+def test_unknown_is_measured_again_and_a_failed_cell_fails_the_run(tmp_path, retime):
     model = conv_onnx(tmp_path / "conv.onnx")
     db = tmp_path / "r.sqlite"
-    # an absurd prior for the between-run noise keeps every verdict UNKNOWN -> re-measure twice
+    # absurd priors for the noise keep every verdict UNKNOWN -> re-measure twice
     matrix = write_matrix(tmp_path / "n.yaml", [str(model), str(tmp_path / "missing.onnx")],
-                          detection={"run_noise": 0.5, "max_remeasure": 2}, baseline={"min_runs": 1})
+                          detection={"run_noise": 0.5, "pair_noise": 0.5, "max_remeasure": 2},
+                          baseline={"min_runs": 1, "retime": retime})
     args = ["--matrix", str(matrix), "--db", str(db), "--report-dir", str(tmp_path / "rep")]
     res = nightly(*args)
     assert res.exit_code == 2, res.output  # the missing model: the run itself failed
@@ -220,9 +314,12 @@ def test_unknown_is_measured_again_and_a_failed_cell_fails_the_run(tmp_path):
         last = st.runs()[0]
         assert last.status == "failed" and "missing.onnx" in last.note
         ms = [m for m in st.measurements(run_id=last.id) if m.ok]
-        assert sorted(m.attempt for m in ms) == [0, 1, 2]  # first batch + 2 re-measurements
+        # history: first batch + 2 re-measurements; paired: first batch + 3 paired batches (1 + 2 more)
+        assert sorted(m.attempt for m in ms) == ([0, 1, 2, 3] if retime else [0, 1, 2])
         (v,) = [v for v in st.verdicts(run_id=last.id) if v.kind == "latency" and v.verdict != "FAILED"]
         assert v.verdict == "UNKNOWN" and v.data["attempts"] == 3
+        assert v.data["method"] == ("paired" if retime else "history")
+        assert (db.parent / "r.sqlite.artifacts").exists() is retime
     md = (tmp_path / "rep" / "report.md").read_text()
     assert "Failed cells" in md and "missing.onnx" in md
 

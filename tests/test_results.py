@@ -284,8 +284,15 @@ def test_lut_staircases_are_drawn_only_when_tables_exist(history, tmp_path):
                    backend_version="1.32.0", threads=2)
     entries = {f"conv-i64-o{c}-k3x3-s1x1-p1x1-d1x1-hw16x16-dense-b": LatencyEntry(ms=0.1 * (1 + (c + 7) // 8))
                for c in range(8, 65, 3)}
+    from edgeprune.prune.space import PrunableLayer, PruneGroup, PruneSpace
+
+    # the table names the reported model and its layers (staircases are that model's own layers)
+    layer = PrunableLayer(name="features.10", kind="conv", in_channels=64, out_channels=64, out_group="g",
+                          kernel=(3, 3), padding=(1, 1), input_hw=(16, 16))
+    space = PruneSpace(groups={"g": PruneGroup(id="g", size=64)}, layers=[layer])
+    models = {"fp": {"name": "zoo:digits-cnn", "full": LatencyEntry(ms=1.0).to_dict(), "space": space.to_dict()}}
     store = LUTStore(tmp_path / "lut")
-    store.save(store.path_for(key), key, entries)
+    store.save(store.path_for(key), key, entries, models)
     with_lut = render(gather(history, lut_dirs=[tmp_path / "lut"]), "html")
     without = render(gather(history, lut_dirs=[tmp_path / "nothing"]), "html")
     assert "Per-layer latency staircases" in with_lut and "Per-layer latency staircases" not in without

@@ -24,6 +24,7 @@ from edgeprune.bench.io import save_arrays
 from edgeprune.bench.loopback import LoopbackSSHD, find_sshd, free_port
 from edgeprune.bench.ssh import SSHConnection, SSHExecutor, build_command
 from edgeprune.errors import ConfigError, DeviceError
+from fixtures_models import tiny_matmul_onnx
 
 pytestmark = pytest.mark.skipif(find_sshd() is None or shutil.which("ssh-keygen") is None,
                                 reason="OpenSSH sshd not installed (apt-get install openssh-server; `make test` does)")
@@ -41,23 +42,7 @@ def sshd(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
     """A small MatMul-Add-Relu ONNX model (batch 4, 64 -> 32)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    w = numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "W")
-    b = numpy_helper.from_array(rng.standard_normal(32).astype(np.float32), "B")
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["a"]),
-         helper.make_node("Relu", ["a"], ["y"])],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])], [w, b],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    onnx.save(model, path)
-    return path
+    return tiny_matmul_onnx(tmp_path_factory.mktemp("model") / "tiny.onnx")
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from typing import IO
 from edgeprune.config.devices import Device
 from edgeprune.errors import DeviceError
 from edgeprune.paths import cache_dir
+from edgeprune.signals import StopFlag
 
 SYSTEM_LOCK_DIR = Path("/run/lock/edgeprune")
 POLL_S = 0.25  # how often a waiting run looks for a free slot
@@ -97,11 +98,12 @@ def check_free(device: Device) -> None:
 
 @contextlib.contextmanager
 def device_lock(device: Device, *, wait: bool = True, log: Callable[[str], None] = lambda m: None,
-                timeout_s: float | None = None) -> Iterator[None]:
+                timeout_s: float | None = None, stop: StopFlag | None = None) -> Iterator[None]:
     """Hold one of ``device``'s ``concurrency`` slots on this host.
 
-    Busy: with ``wait`` says who holds it and waits (up to ``timeout_s``); without, fails
-    at once with a :class:`DeviceError` that says who holds it.
+    Busy: with ``wait`` says who holds it and waits (up to ``timeout_s``; ``stop`` ends
+    the wait when the run is stopped); without, fails at once with a :class:`DeviceError`
+    that says who holds it.
     """
     name = lock_name(device)
     held: dict[str, int] = getattr(_held, "locks", None) or {}
@@ -126,6 +128,8 @@ def device_lock(device: Device, *, wait: bool = True, log: Callable[[str], None]
         while got is None:
             if timeout_s is not None and time.monotonic() - t0 > timeout_s:
                 raise DeviceError(f"device '{device.name}' still busy after {timeout_s:.0f} s: held by {holder(slots[0])}")
+            if stop is not None:
+                stop.check()
             time.sleep(POLL_S)
             got = _try_slots(slots)
         log(f"device '{device.name}' free after {time.monotonic() - t0:.1f} s")

@@ -15,15 +15,31 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 from edgeprune.bench.bundle import RESULTS_FILE, RUNNER_FILE, JobResult
-from edgeprune.errors import BenchError, DeviceError
+from edgeprune.errors import BenchError, DeviceError, Interrupted
 from edgeprune.runner.ship import probe_source
+from edgeprune.signals import StopFlag
 
 PROBE_TIMEOUT_S = 120.0
+#: how long a stopped runner gets to exit on SIGTERM before its group is killed
+STOP_GRACE_S = 3.0
+#: how often a runner's wait in a worker thread checks the run's stop flag
+STOP_POLL_S = 0.25
+
+
+class RunnerInterrupted(Interrupted):
+    """The run was stopped while a runner was timing; the runner (locally or on the board)
+    has been stopped too, and ``results`` are the jobs it had finished (complete lines of
+    its results.jsonl), never a partial job."""
+
+    def __init__(self, stop: Interrupted, results: list[JobResult]) -> None:
+        super().__init__(stop.signum, f"{len(results)} finished job result(s) kept")
+        self.results = results
 
 
 class Executor(ABC):
@@ -32,8 +48,13 @@ class Executor(ABC):
     name: str = ""
 
     @abstractmethod
-    def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None) -> list[JobResult]:
-        """Run the bundle's jobs (or ``only`` those ids) within ``timeout_s`` seconds."""
+    def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None,
+                   stop: StopFlag | None = None) -> list[JobResult]:
+        """Run the bundle's jobs (or ``only`` those ids) within ``timeout_s`` seconds.
+
+        Stopped (a signal in this thread, or ``stop`` set by the main thread while this
+        runs in a worker thread): the runner is stopped too, and :class:`RunnerInterrupted`
+        carries the jobs it had finished."""
 
     @abstractmethod
     def probe(self) -> dict[str, Any]:
@@ -98,7 +119,8 @@ class LocalExecutor(Executor):
         self.last_stdout = ""
         self.last_stderr = ""
 
-    def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None) -> list[JobResult]:
+    def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None,
+                   stop: StopFlag | None = None) -> list[JobResult]:
         bundle_dir = Path(bundle_dir).resolve()
         runner = bundle_dir / RUNNER_FILE
         if not runner.is_file():
@@ -127,11 +149,17 @@ class LocalExecutor(Executor):
 
         timed_out = False
         try:
-            out, err = proc.communicate(timeout=timeout_s)
+            out, err = self._wait(proc, timeout_s, stop)
         except subprocess.TimeoutExpired:
             timed_out = True
             self._kill_group(proc)
             out, err = proc.communicate()
+        except KeyboardInterrupt as exc:  # Ctrl-C / SIGTERM / SIGHUP: stop the runner, keep its finished jobs
+            self._stop_group(proc)
+            out, err = proc.communicate()
+            self.last_stdout, self.last_stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+            self._write_log(bundle_dir)
+            raise RunnerInterrupted(Interrupted.of(exc), self._new_results(results_path, offset)) from None
         self.last_stdout = out.decode("utf-8", "replace")
         self.last_stderr = err.decode("utf-8", "replace")
         self._write_log(bundle_dir)
@@ -168,6 +196,35 @@ class LocalExecutor(Executor):
             raise DeviceError(f"runner probe printed invalid JSON: {exc}") from None
 
     # ---- internals -------------------------------------------------------------------
+    @staticmethod
+    def _wait(proc: subprocess.Popen, timeout_s: float, stop: StopFlag | None) -> tuple[bytes, bytes]:
+        """``proc.communicate(timeout_s)``; with ``stop``, in short slices that check it."""
+        if stop is None:
+            return proc.communicate(timeout=timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stop.check()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout_s)
+            try:
+                return proc.communicate(timeout=min(left, STOP_POLL_S))
+            except subprocess.TimeoutExpired:
+                continue
+
+    @classmethod
+    def _stop_group(cls, proc: subprocess.Popen) -> None:
+        """SIGTERM to the runner's group (its workers exit cleanly), SIGKILL after a grace."""
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+        cls._kill_group(proc)  # anything left of the group (a hung worker) goes now
+
     @staticmethod
     def _kill_group(proc: subprocess.Popen) -> None:
         try:

@@ -24,8 +24,10 @@ from edgeprune.bench import rounds as _rounds
 from edgeprune.bench.bundle import BenchJob, JobResult, write_manifest
 from edgeprune.bench.device_lock import device_lock
 from edgeprune.bench.devices import executor_for
+from edgeprune.bench.executor import RunnerInterrupted
 from edgeprune.config.devices import Device
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, Interrupted
+from edgeprune.signals import StopFlag
 
 Log = Callable[[str], None]
 
@@ -73,11 +75,32 @@ class Measurements:
         return self.error is None
 
 
+class DeviceInterrupted(Interrupted):
+    """Stopped while timing on ``measurements.device``: the runner there was stopped, and
+    ``measurements`` holds every job it finished (rounds folded as usual)."""
+
+    def __init__(self, stop: Interrupted, measurements: Measurements) -> None:
+        super().__init__(stop.signum, f"{len(measurements.results)} measured job(s) kept")
+        self.measurements = measurements
+
+
+class MeasureInterrupted(Interrupted):
+    """:func:`measure` stopped: every device's runner was stopped, and ``measurements``
+    (by device name) holds what each had finished."""
+
+    def __init__(self, stop: Interrupted, measurements: dict[str, Measurements]) -> None:
+        n = sum(len(m.results) for m in measurements.values())
+        super().__init__(stop.signum, f"{n} measured job(s) on {len(measurements)} device(s) kept")
+        self.measurements = measurements
+
+
 def measure_on(device: Device, bundle: Bundle, *, rounds: int = 1, timeout_s: float = 1800.0,
-               only: Sequence[str] | None = None, log: Log = _quiet, wait: bool = True) -> Measurements:
+               only: Sequence[str] | None = None, log: Log = _quiet, wait: bool = True,
+               stop: StopFlag | None = None) -> Measurements:
     """Run ``bundle`` on ``device`` in ``rounds`` interleaved rounds, holding the
     device's lock (:mod:`edgeprune.bench.device_lock`; ``wait=False`` fails at once when
-    another run holds it).
+    another run holds it). Stopped (a signal, or ``stop`` from the main thread):
+    :class:`DeviceInterrupted` with the jobs that finished.
 
     Device errors are raised (a caller timing one device wants to know at once); use
     :func:`measure` for several devices, where they are recorded instead.
@@ -93,9 +116,18 @@ def measure_on(device: Device, bundle: Bundle, *, rounds: int = 1, timeout_s: fl
         keep = set(only)
         wanted = [j.id for j in jobs if _rounds.base_id(j.id) in keep]
     # SSH boards are locked on the board by their executor; this host's CPU is locked here
-    lock = device_lock(device, wait=wait, log=log) if device.kind == "local" else contextlib.nullcontext()
-    with lock:
-        raw = executor_for(device).run_bundle(bundle.dir, timeout_s=timeout_s, only=wanted)
+    lock = (device_lock(device, wait=wait, log=log, stop=stop) if device.kind == "local"
+            else contextlib.nullcontext())
+    try:
+        with lock:
+            raw = executor_for(device).run_bundle(bundle.dir, timeout_s=timeout_s, only=wanted, stop=stop)
+    except RunnerInterrupted as halt:
+        merged, medians = _rounds.merge({r.id: r for r in halt.results})
+        raise DeviceInterrupted(halt, Measurements(device=device, results=merged, round_medians=medians,
+                                                   error=f"interrupted ({halt})")) from None
+    except KeyboardInterrupt as exc:  # before the runner started (waiting for the lock)
+        halt = Interrupted.of(exc)
+        raise DeviceInterrupted(halt, Measurements(device=device, error=f"interrupted ({halt})")) from None
     merged, medians = _rounds.merge({r.id: r for r in raw})
     return Measurements(device=device, results=merged, round_medians=medians)
 
@@ -113,12 +145,16 @@ def measure(bundles: dict[str, Bundle] | Bundle, devices: Sequence[Device], *, r
     """Measure on every device in parallel (one thread per device; each executor keeps
     its board to one run at a time). ``bundles`` is one bundle for all devices or one
     per device name (a bundle folder is written by the run, so parallel devices each
-    need their own). Returns measurements by device name; failures are recorded."""
+    need their own). Returns measurements by device name; failures are recorded.
+
+    Stopped by a signal: every device's runner is stopped and :class:`MeasureInterrupted`
+    carries what each device had finished."""
     check_distinct(devices)
     per_device = bundles if isinstance(bundles, dict) else {d.name: bundles for d in devices}
     if len(devices) > 1 and len({id(per_device[d.name]) for d in devices}) < len(devices):
         raise ValueError("measure: several devices need one bundle folder each")
     log_lock = threading.Lock()
+    stop = StopFlag() if len(devices) > 1 else None  # worker threads cannot receive the signal themselves
 
     def run(dev: Device) -> Measurements:
         def dlog(msg: str) -> None:
@@ -127,14 +163,28 @@ def measure(bundles: dict[str, Bundle] | Bundle, devices: Sequence[Device], *, r
 
         t0 = time.monotonic()
         try:
-            m = measure_on(dev, per_device[dev.name], rounds=rounds, timeout_s=timeout_s, log=dlog, wait=wait)
+            m = measure_on(dev, per_device[dev.name], rounds=rounds, timeout_s=timeout_s, log=dlog, wait=wait,
+                           stop=stop)
         except EdgepruneError as exc:
             dlog(f"benchmark failed: {exc}")
             m = Measurements(device=dev, error=str(exc))
+        except DeviceInterrupted as halt:
+            if stop is None:  # one device, in this thread: the stop goes up with its measurements
+                halt.measurements.seconds = time.monotonic() - t0
+                raise MeasureInterrupted(halt, {dev.name: halt.measurements}) from None
+            m = halt.measurements
         m.seconds = time.monotonic() - t0
         return m
 
-    if len(devices) == 1:
+    if stop is None:
         return {devices[0].name: run(devices[0])}
     with ThreadPoolExecutor(max_workers=max_parallel or len(devices)) as pool:
-        return {m.device.name: m for m in pool.map(run, devices)}
+        futures = [pool.submit(run, d) for d in devices]
+        try:
+            return {m.device.name: m for m in (f.result() for f in futures)}
+        except KeyboardInterrupt as exc:
+            halt = Interrupted.of(exc)
+            log(f"stopping the runs on {len(devices)} devices (finished jobs are kept) ...")
+            stop.set(halt.signum)
+            done = [f.result() for f in futures]  # each stops its runner and returns what it finished
+            raise MeasureInterrupted(halt, {m.device.name: m for m in done}) from None

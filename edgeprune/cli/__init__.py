@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import click
 
 from edgeprune import __version__
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, Interrupted
+from edgeprune.signals import stop_signals_raise
 
 # command name -> "module:attribute", loaded on first use
 _COMMANDS = {
@@ -35,8 +36,6 @@ _COMMANDS = {
     "tune": "edgeprune.cli.tune_cmd:tune_cmd",
 }
 
-#: exit status of Ctrl-C (128 + SIGINT), as shells report it
-EXIT_INTERRUPTED = 130
 #: exit status of a failure that is not an EdgepruneError (a bug, or a library surprise)
 EXIT_UNEXPECTED = 1
 
@@ -99,16 +98,18 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with stop_signals_raise():  # SIGTERM / SIGHUP stop a run the way Ctrl-C does
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except EdgepruneError as err:
             if _debug(ctx):
                 raise
             raise _Failure(str(err), self._contract(ctx) or err.exit_code) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted: results already written are kept", err=True)
-            sys.exit(self._contract(ctx) or EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            stop = Interrupted.of(exc)
+            click.echo(f"interrupted ({stop}): {_kept(stop)}", err=True)
+            sys.exit(self._contract(ctx) or stop.exit_code)
         except Exception as exc:  # a bug or an unexpected library failure
             if _debug(ctx):
                 raise
@@ -123,6 +124,11 @@ class LazyGroup(click.Group):
         name = ctx.invoked_subcommand
         cmd = self.get_command(ctx, name) if name else None
         return getattr(cmd, "failure_exit_code", None)
+
+
+def _kept(stop: Interrupted) -> str:
+    """What an interrupted run kept, as the layer that was stopped reported it."""
+    return stop.kept or "results already written are kept"
 
 
 def _debug(ctx: click.Context) -> bool:

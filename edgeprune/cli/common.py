@@ -17,6 +17,7 @@ module to list them.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,10 +67,47 @@ class Duration(click.ParamType):
                 seconds = parse_duration(str(value))
             except ValueError as exc:
                 self.fail(str(exc), param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite duration", param, ctx)
         if seconds < self.minimum or (self.min_open and seconds == self.minimum):
             bound = ">" if self.min_open else ">="
             self.fail(f"must be {bound} {self.minimum:g} s", param, ctx)
         return seconds
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option's one type: a real, finite number, optionally in a range.
+
+    ``click.FloatRange`` lets ``nan`` through (every comparison with it is false), so
+    ``--latency-budget nan`` passed the option check and failed after the export; ``inf``
+    passes any open upper end. Every float option of every command uses this type
+    (``tests/test_preflight.py`` checks), so a bad number is a usage error (exit 2) before
+    anything runs."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class OutPath(click.Path):
+    """An output path (``--out``, a ``-dir`` option) that this process can write, checked
+    when the command line is read, before anything runs (:mod:`edgeprune.flows.preflight`:
+    a probe file, not mode bits). An unwritable one is an :class:`~edgeprune.errors.OutputError`
+    (one line, exit 2). ``-`` (stdout) passes as it is."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from edgeprune.flows.preflight import writable_dir, writable_file
+
+        path = super().convert(value, param, ctx)
+        if str(path) == "-" and self.allow_dash:
+            return path
+        what = next((o for o in getattr(param, "opts", ()) if o.startswith("--")), "output path")
+        (writable_file if not self.dir_okay else writable_dir)(path, what)
+        return path
 
 
 def _parse_shape(ctx, param, values: tuple[str, ...]) -> tuple[tuple[int, ...], ...] | None:
@@ -243,7 +281,7 @@ def backend_option(auto: str | None, help: str, default: str = "auto") -> Callab
 def out_option(help: str, dest: str, *, file: bool = False, default: Path | None = None,
                callback: Callable | None = None, allow_dash: bool = False) -> Callable:
     """``--out/-o``: where the command writes its result (a folder, or a file when ``file``)."""
-    kind = click.Path(dir_okay=not file, file_okay=file, allow_dash=allow_dash, path_type=Path)
+    kind = OutPath(dir_okay=not file, file_okay=file, allow_dash=allow_dash, path_type=Path)
     return click.option("--out", "-o", dest, type=kind, default=default, show_default=default is not None,
                         metavar="FILE" if file else "DIR", callback=callback, help=help)
 

@@ -11,7 +11,8 @@ from edgeprune.cli.common import (DeviceArgs, ModelArgs, backend_option, bench_o
                                   json_option, model_options, out_option, target_option)
 from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.cli.prune_cmd import prune_options
-from edgeprune.cli.results_cmd import record, record_option
+from edgeprune.cli.results_cmd import record_option, recording
+from edgeprune.runner.adapters.precision import NATIVE_FLAGS as REDUCED_PRECISIONS  # light: no runtime imported
 
 if TYPE_CHECKING:
     from edgeprune.bench.settings import BenchSettings
@@ -26,10 +27,13 @@ def print_summary(summary, as_json: bool) -> None:
     if as_json:
         print_json(summary.to_dict())
         return
+    from edgeprune.compile.hints import tag
+
     rows = []
     for b in summary.backends:
         lat = b.latency_ms
-        parity = None if b.verified is None else ("pass" if b.verified else "FAIL") + f" ({b.max_abs_diff:.1e})"
+        label = b.parity_label()  # "reference": ONNX Runtime on an ONNX-only model, what the rest is checked against
+        parity = label if label in (None, "reference") else f"{'pass' if b.verified else 'FAIL'} ({b.max_abs_diff:.1e})"
         rows.append([
             ("* " if b.name == summary.backend else "  ") + b.name,
             f"{lat.median:.3f}" if lat else None,
@@ -39,13 +43,14 @@ def print_summary(summary, as_json: bool) -> None:
             f"{b.speedup_vs_reference:.2f}x" if b.speedup_vs_reference else None,
             parity,
             f"{b.accuracy:.2f}%" if b.accuracy is not None else None,
+            ", ".join(dict.fromkeys(tag(h) for h in b.hints)) or None,  # the full lines follow the table
             (b.error or "")[:80] or None,
         ])
     title = f"{summary.model} on {summary.target} / device {summary.device}"
     if summary.emulated:
         title += " (EMULATED: timings meaningless)"
-    table(title, ["backend", "median ms", "p90 ms", "CV", "runs", "vs ORT", "parity", "accuracy", "error"], rows,
-          right={1, 2, 3, 4, 5})
+    table(title, ["backend", "median ms", "p90 ms", "CV", "runs", "vs ORT", "parity", "accuracy", "hint", "error"],
+          rows, right={1, 2, 3, 4, 5})
     o = summary.original
     acc = f", accuracy {o.accuracy:.2f}% (PyTorch)" if o.accuracy is not None else ""
     out.print(f"model: {o.params:,} params, {o.macs / 1e6:.1f} M MACs{acc}", highlight=False)
@@ -60,6 +65,11 @@ def print_summary(summary, as_json: bool) -> None:
             highlight=False,
         )
     out.print(f"chosen: {summary.backend or 'none'} — {summary.choice_reason}", highlight=False)
+    for b in summary.backends:
+        for h in b.hints:
+            out.print(f"hint ({b.name}): {h}", highlight=False)
+    for h in summary.hints:
+        out.print(f"hint: {h}", highlight=False)
     for n in summary.notes:
         out.print(f"note: {n}", highlight=False)
     out.print(f"report: {Path(summary.out_dir) / 'report.md'}", highlight=False)
@@ -87,7 +97,8 @@ def _finish(summary) -> None:
 @click.command("compile")
 @model_options
 @target_option
-@backend_option(auto="builds every backend of the target and picks the fastest verified one.",
+@backend_option(auto="builds every backend of the target (on a CPU target not an untuned TVM: it never wins; "
+                     "tune first or name it) and picks the fastest verified one.",
                 help="Backend to build and benchmark.")
 @device_options(help="Device to benchmark on (see `edgeprune devices`).")
 @out_option("Output folder (default: out/<model>-<target>).", "out_dir")
@@ -97,12 +108,16 @@ def _finish(summary) -> None:
                    "training data; after pruning) and time them beside fp32. INT8 parity is accuracy-based.")
 @click.option("--calibration-samples", type=click.IntRange(1), default=256, show_default=True, metavar="N",
               help="Training samples that calibrate the INT8 activation ranges.")
+@click.option("--precision", "precisions", type=click.Choice(list(REDUCED_PRECISIONS)), multiple=True,
+              help="Also run the fp32 artifacts at this precision where the backend can (OpenVINO) and time them "
+                   "beside fp32; repeatable. Needs the CPU's instructions (bf16: AMX-BF16 or AVX512-BF16; fp16: "
+                   "AMX-FP16 or AVX512-FP16), checked before any export. Parity is accuracy-based, as for INT8.")
 @bench_options
 @prune_options(required=False)
 @record_option
 def compile_cmd(model: ModelArgs, target_name: str, backend: str, devices: DeviceArgs, out_dir: Path | None,
-                as_json: bool, quantize: str, calibration_samples: int, bench: BenchSettings,
-                prune: PruneOptions | None, record_to: RecordOptions) -> None:
+                as_json: bool, quantize: str, calibration_samples: int, precisions: tuple[str, ...],
+                bench: BenchSettings, prune: PruneOptions | None, record_to: RecordOptions) -> None:
     """Export a model through ONNX, build it for a target, benchmark and verify it on a device.
 
     \b
@@ -114,20 +129,31 @@ def compile_cmd(model: ModelArgs, target_name: str, backend: str, devices: Devic
     """
     from edgeprune.config.targets import get_target
     from edgeprune.flows.compile import CompileOptions, compile_model
+    from edgeprune.flows.preflight import check_run
 
     target = get_target(target_name)
     device = devices.one()
-    loaded = model.load()
     out_dir = out_dir or Path("out") / f"{model.stem}-{target.name}"
+    check_run(target, [device], () if backend == "auto" else (backend,), dirs={"--out": out_dir}, db=record_to.path,
+              prune=prune, lut=prune is not None, log=log)  # before the model is loaded (docs/cli.md, exit codes)
+    if precisions:  # bf16 on a CPU without it: exit 5 before the model is loaded
+        from edgeprune.compile.precision import check_for_device
+        from edgeprune.compile.prepare import resolve_backends
+
+        check_for_device(precisions, resolve_backends(() if backend == "auto" else (backend,), target), target,
+                         device.kind == "local")
+    loaded = model.load()
     opts = CompileOptions(
         backends=() if backend == "auto" else (backend,),
         bench=bench,
         prune=prune,
         quantize=None if quantize == "none" else quantize,
         calibration_samples=calibration_samples,
+        precisions=tuple(dict.fromkeys(precisions)),
     )
-    summary = compile_model(loaded, target, device, out_dir, opts, log=log)
-    record(summary, "compile", record_to)
+    with recording("compile", record_to, out_dir, loaded.spec) as run:  # from the start: a stop keeps what it measured
+        run.done(compile_model(loaded, target, device, out_dir, opts, log=log))
+    summary = run.summary
     print_summary(summary, as_json)
     _finish(summary)
     _finish_prune(summary)
@@ -158,11 +184,14 @@ def bench_cmd(model: ModelArgs, target_name: str, backend: str, artifact: Path |
     """
     from edgeprune.config.targets import get_target
     from edgeprune.flows.compile import CompileOptions, compile_model
+    from edgeprune.flows.preflight import check_run
 
     target = get_target(target_name)
     boards = devices.resolve()
-    loaded = model.load()
     out_dir = out_dir or Path("out") / f"{model.stem}-{target.name}-bench"
+    check_run(target, boards, (backend,), dirs={"--out": out_dir}, db=record_to.path,
+              prebuilt=(backend,) if artifact else (), log=log)  # before the model is loaded (docs/cli.md, exit codes)
+    loaded = model.load()
     opts = CompileOptions(
         backends=(backend,),
         bench=bench,
@@ -172,7 +201,8 @@ def bench_cmd(model: ModelArgs, target_name: str, backend: str, artifact: Path |
         from edgeprune.cli.multi_device import bench_many
 
         return bench_many(loaded, target, boards, out_dir, opts, as_json, record_to)
-    summary = compile_model(loaded, target, boards[0], out_dir, opts, log=log)
-    record(summary, "bench", record_to)
+    with recording("bench", record_to, out_dir, loaded.spec) as run:
+        run.done(compile_model(loaded, target, boards[0], out_dir, opts, log=log))
+    summary = run.summary
     print_summary(summary, as_json)
     _finish(summary)

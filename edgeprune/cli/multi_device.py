@@ -13,8 +13,16 @@ def bench_many(model, target, devices, out_dir: Path, options, as_json: bool, re
     from edgeprune.cli.results_cmd import record
     from edgeprune.errors import BenchError
 
+    from edgeprune.flows.fleet import FleetInterrupted
+
     log(f"benchmarking on {len(devices)} devices in parallel: {', '.join(d.name for d in devices)}")
-    outcomes = bench_on_devices(model, target, devices, out_dir, options, log)
+    try:
+        outcomes = bench_on_devices(model, target, devices, out_dir, options, log)
+    except FleetInterrupted as stop:  # every device's finished jobs are recorded, then the run stops
+        for o in stop.outcomes:
+            if o.summary is not None:
+                record(o.summary, "bench", record_to)
+        raise
     for o in outcomes:  # one run per device in the results DB, failed devices included
         if o.summary is not None:
             record(o.summary, "bench", record_to)

@@ -25,6 +25,12 @@ def _sigterm_to_interrupt(signum, frame):  # CI runners stop jobs with SIGTERM
     raise KeyboardInterrupt
 
 
+def _busy(outcome) -> bool:
+    """The cell's latency verdict was refused because the device was busy."""
+    lat = outcome.latency
+    return bool(lat is not None and lat.data.get("busy"))
+
+
 @click.command("nightly", cls=ContractCommand, failure_exit_code=EXIT_FAILED)
 @click.option("--matrix", "matrix", type=click.Path(dir_okay=False, path_type=Path), default=Path("nightly.yaml"),
               show_default=True, help="Matrix file: models x targets x devices x backends, bench and detection settings.")
@@ -46,7 +52,10 @@ def _sigterm_to_interrupt(signum, frame):  # CI runners stop jobs with SIGTERM
 def nightly_cmd(ctx: click.Context, matrix: Path, db: str | None, report_dir: Path, formats: tuple[str, ...],
                 since: str, pin: int | None, shard: str | None, work_dir: Path | None, keep_work: bool,
                 as_json: bool, accept_new_host_key: bool) -> None:
-    """Run a benchmark matrix, detect regressions against history, write reports.
+    """Run a benchmark matrix, detect regressions against the baseline, write reports.
+
+    Each cell's artifact is kept beside the database; later nights time it interleaved
+    with tonight's (paired), so a busy host cannot fake a regression.
 
     \b
     Exit code: 0 no regression · 1 regression found · 2 the run failed
@@ -54,11 +63,13 @@ def nightly_cmd(ctx: click.Context, matrix: Path, db: str | None, report_dir: Pa
     """
     from edgeprune.errors import ConfigError
     from edgeprune.flows.nightly import run_nightly
+    from edgeprune.flows.preflight import check_run
     from edgeprune.results.store import default_db_path
 
     path = default_db_path(db)
     if path is None:
         raise ConfigError("nightly needs a results database (--db none is not allowed here)")
+    check_run(dirs={"--report-dir": report_dir, "--work-dir": work_dir}, db=path)  # before the first cell
     old = signal.signal(signal.SIGTERM, _sigterm_to_interrupt)
     try:
         result = run_nightly(matrix, path, report_dir, log, shard_spec=shard, pin=pin, work_dir=work_dir,
@@ -88,13 +99,19 @@ def nightly_cmd(ctx: click.Context, matrix: Path, db: str | None, report_dir: Pa
                 f"{m.median_ms:.3f}" if m.median_ms else None,
                 (lat.verdict + (f" {lat.ratio - 1:+.1%}" if lat.ratio else "")) if lat else None,
                 f"{lat.ci_low - 1:+.1%}..{lat.ci_high - 1:+.1%}" if lat and lat.ci_low else None,
+                (lat.data.get("method") if lat else None),  # paired with the baseline's artifact, or vs history
                 len(o.measurements),
                 f"{m.accuracy:.2f}%" if m.accuracy is not None else None,
-                ", ".join(flags) or (m.error or "")[:70] or None,
+                ", ".join(flags) or (m.error or "")[:70] or ("device busy" if _busy(o) else None),
             ])
         table(f"nightly run {result.run_id}: {result.status} in {result.seconds:.0f} s",
-              ["", "cell", "median ms", "latency", "CI", "batches", "accuracy", "regression / error"], rows,
-              right={2, 5})
+              ["", "cell", "median ms", "latency", "CI", "judged", "batches", "accuracy", "regression / error"], rows,
+              right={2, 6})
+        busy = [o for o in result.outcomes if _busy(o)]
+        if busy:
+            from edgeprune.results.paired import BUSY_HINT
+
+            out.print(f"{len(busy)} cell(s) not judged, the device was too busy: {BUSY_HINT}", highlight=False)
         for k, p in result.reports.items():
             out.print(f"{k}: {p}", highlight=False)
         n = len(result.regressions)

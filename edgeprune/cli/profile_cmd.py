@@ -1,18 +1,33 @@
-"""``edgeprune profile``: measure per-layer latency tables on a device, validate the predictor."""
+"""``edgeprune profile``: measure per-layer latency tables on a device, validate the predictor.
+
+A profile is a run in the results database (``--db``, kind ``profile``): begun
+``running`` before the first point is timed, ended ``complete``, ``incomplete`` (a stop
+signal: the points measured so far are in the table file, and the run says how many)
+or ``failed``. What it measured (the table file and its key, points measured, reused
+and completed, the validation errors) is the run's ``env["profile"]``, which
+``edgeprune results list/show`` display.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from edgeprune.cli.common import (DeviceArgs, ModelArgs, backend_option, device_options, json_option,
                                   keep_layer_option, model_options, out_option, seed_option, steady_gate_option,
                                   target_option, threads_option)
-from edgeprune.cli.output import err, log, out, print_json, table
+from edgeprune.cli.output import err, log, note, out, print_json, table
+from edgeprune.cli.results_cmd import record_option
 from edgeprune.latency.grid import DENSITIES
+
+if TYPE_CHECKING:
+    from edgeprune.results.record import RecordOptions
 
 
 class RichProgress:
@@ -113,6 +128,85 @@ def print_validation(rep) -> None:
                   f"within ±10%: {100 * u['within_10pct']:.0f}%", highlight=False)
 
 
+class ProfileRecording:
+    """The profile run being recorded (None when ``--db none``): what it has learnt so far
+    (``details``: its ``env["profile"]``), the stage it is in and its closing note."""
+
+    def __init__(self, run, details: dict[str, Any]) -> None:
+        self.run = run
+        self.details = details
+        self.stage = "profiling"
+        self.note: str | None = None
+
+    def profiled(self, result) -> None:
+        k = result.key
+        self.details |= {"backend_version": k.backend_version, "threads": k.threads, "timing": k.timing,
+                         "table": str(result.table_path), "points_used": result.points_used,
+                         "points_measured": result.points_measured, "points_reused": result.points_reused,
+                         "points_completed": result.points_completed, "model_measured": result.model_measured,
+                         "bundles": result.bundles, "seconds": round(result.seconds, 2),
+                         "failures": len(result.failures)}
+        self.note = result.note()  # said again only if a later stage fails or is stopped (details say it all)
+
+    def validated(self, rep) -> None:
+        self.details["validation"] = {"variants": len(rep.variants), "widths": rep.widths_mode,
+                                      **{k: rep.stats.get(k) for k in ("median_abs_pct_error", "p95_abs_pct_error",
+                                                                       "within_10pct")}}
+
+
+@contextmanager
+def profile_recording(to: "RecordOptions", label: str, details: dict[str, Any]) -> Iterator[ProfileRecording]:
+    """Record ``edgeprune profile`` in the results database ``to`` names, from before the
+    first point is timed: ``complete`` / ``failed`` / ``incomplete`` (Ctrl-C, SIGTERM,
+    SIGHUP: with how many points the table kept). As for compile and bench, a database
+    problem is a warning: the latency table, the result, is on disk."""
+    from edgeprune.errors import EdgepruneError, Interrupted
+    from edgeprune.latency.records import ProfileInterrupted
+    from edgeprune.results.record import begin_recording, finish_recording
+    from edgeprune.results.store import ResultsStore
+
+    path = to.path
+    run = None
+    if path is not None:
+        try:
+            run = begin_recording(to, "profile", label=label)
+            with ResultsStore(run.path) as store:  # a killed profile still says what it was measuring
+                store.add_run_env(run.run_id, {"profile": details})
+        except (EdgepruneError, OSError) as exc:
+            log(f"warning: this profile is not recorded in {path}: {exc}")
+            run = None
+    rec = ProfileRecording(run, dict(details))
+
+    def end(status: str, why: str | None) -> None:
+        if rec.run is None:
+            return
+        try:
+            with ResultsStore(rec.run.path) as store:
+                store.add_run_env(rec.run.run_id, {"profile": rec.details})
+            finish_recording(rec.run, None, status=status, note=why)
+        except (EdgepruneError, OSError) as exc:
+            log(f"warning: this profile's end is not recorded in {path}: {exc}")
+            rec.run = None
+
+    try:
+        yield rec
+    except ProfileInterrupted as stop:
+        rec.details |= stop.to_dict()
+        end("incomplete", stop.summary())
+        raise
+    except KeyboardInterrupt as exc:
+        stop = Interrupted.of(exc)
+        end("incomplete", f"interrupted ({stop}) while {rec.stage}" + (f"; {rec.note}" if rec.note else ""))
+        raise
+    except BaseException as exc:
+        why = (str(exc).splitlines() or [type(exc).__name__])[0]
+        end("failed", (why + (f"; {rec.note}" if rec.note else ""))[:2000])
+        raise
+    end("complete", None)
+    if rec.run is not None:
+        note(f"stored as run {rec.run.run_id} in {path} (see `edgeprune results show {rec.run.run_id}`)")
+
+
 @click.command("profile")
 @model_options
 @target_option
@@ -152,24 +246,29 @@ def print_validation(rep) -> None:
               help="Where --plot writes (default: out/lut-<model>-<target>-<backend>/).")
 @click.option("--keep-bundles", type=click.Path(file_okay=False, path_type=Path), hidden=True,
               help="Keep the measurement bundles in this folder (debugging).")
+@record_option
 def profile_cmd(model: ModelArgs, target_name: str, backend: str, devices: DeviceArgs, threads: int | None,
                 density: str, rounds: int, steady_gate: bool, timing: str, calibration_variants: int,
                 keep_layers: tuple[str, ...], refresh: bool, pinned: Path | None, cache_dir: Path | None,
                 do_validate: bool, n_variants: int, widths_mode: str, seed: int, out_path: Path | None,
-                as_json: bool, do_plot: bool, plot_dir: Path | None, keep_bundles: Path | None) -> None:
+                as_json: bool, do_plot: bool, plot_dir: Path | None, keep_bundles: Path | None,
+                record_to: "RecordOptions") -> None:
     """Measure the latency lookup table of every prunable layer of a model on a device.
 
     \b
     Each layer is timed as a standalone graph with its real input shape, built and run
     with the target's backend and threads through the on-device runner, over a grid of
     channel counts dense enough to find the latency steps. Tables are cached per target,
-    device, backend (+version) and thread count; a second run measures nothing.
+    device, backend (+version) and thread count; a second run measures nothing, and a
+    run stopped with Ctrl-C keeps every point it measured (a rerun measures the rest).
+    The run is recorded in the results database (--db).
     Examples:
       edgeprune profile --model zoo:resnet18 --target host
       edgeprune profile --model zoo:digits-cnn --validate --out lut.json --plot
     """
     from edgeprune.config.targets import get_target
-    from edgeprune.flows.profile import profile_model, validate
+    from edgeprune.flows.preflight import check_run  # before the model is loaded: outputs, backend, device
+    from edgeprune.flows.profile import profile_model
     from edgeprune.latency.grid import GridSettings
     from edgeprune.latency.settings import ProfileSettings
     from edgeprune.latency.store import LUTStore
@@ -178,6 +277,9 @@ def profile_cmd(model: ModelArgs, target_name: str, backend: str, devices: Devic
     target = get_target(target_name)
     device = devices.one()
     backend_name = target.backends[0] if backend == "auto" else backend
+    check_run(target, [device], (backend_name,), files={"--out": out_path}, lut=cache_dir or True, log=log,
+              db=record_to.path,  # recorded into: checked before any point is timed, like compile's
+              dirs={"--plot-dir": (plot_dir or Path("out")) if do_plot else None, "--keep-bundles": keep_bundles})
     loaded = model.load()
     settings = ProfileSettings(
         grid=GridSettings(lanes=target.fp32_lanes(), density=density), threads=threads, rounds=rounds,
@@ -188,12 +290,29 @@ def profile_cmd(model: ModelArgs, target_name: str, backend: str, devices: Devic
     space = space_of(loaded, tuple(keep_layers))
     for n in space.notes:
         log(f"note: {n}")
-    progress = RichProgress()
-    try:
-        result = profile_model(loaded, target, device, backend_name, settings, store, space=space, refresh=refresh,
-                               pinned=pinned, progress=progress, log=log)
-    finally:
-        progress.close()
+    details = {"model": loaded.spec, "target": target.name, "device": device.name, "backend": backend_name}
+    with profile_recording(record_to, loaded.spec, details) as rec:
+        rec.stage = "measuring the latency table"
+        progress = RichProgress()
+        try:
+            result = profile_model(loaded, target, device, backend_name, settings, store, space=space,
+                                   refresh=refresh, pinned=pinned, progress=progress, log=log)
+        finally:
+            progress.close()
+        rec.profiled(result)
+        payload = _report(result, rec, loaded, model, target, device, backend_name, settings, as_json, do_plot,
+                          plot_dir, do_validate, n_variants, widths_mode, out_path)
+    if as_json:
+        print_json(payload)
+
+
+def _report(result, rec: ProfileRecording, loaded, model: ModelArgs, target, device, backend_name: str, settings,
+            as_json: bool, do_plot: bool, plot_dir: Path | None, do_validate: bool, n_variants: int,
+            widths_mode: str, out_path: Path | None) -> dict:
+    """Print the table, then plot, validate and write ``--out`` as asked; returns the
+    JSON document."""
+    from edgeprune.flows.profile import validate
+
     # with --json, stdout carries only the JSON document: the human lines go to stderr
     say = log if as_json else (lambda msg: out.print(msg, highlight=False))
     if not as_json:
@@ -203,26 +322,29 @@ def profile_cmd(model: ModelArgs, target_name: str, backend: str, devices: Devic
     if do_plot:
         from edgeprune.latency.plot import plot_layers
 
+        rec.stage = "plotting"
         d = plot_dir or Path("out") / f"lut-{model.stem}-{target.name}-{backend_name}"
         paths = plot_layers(result, d, f" — {target.name}, {backend_name}")
         say(f"plots: {len(paths)} PNG(s) in {d}")
 
     if do_validate:
+        rec.stage = "validating the predictor"
         progress = RichProgress()
         try:
             rep = validate(loaded, result, target, device, backend_name, n=n_variants, settings=settings,
                            widths_mode=widths_mode, progress=progress, log=log)
         finally:
             progress.close()
+        rec.validated(rep)
         if not as_json:
             print_validation(rep)
         payload = {**rep.to_dict(), "profile": result.to_dict()}
 
     if out_path is not None:
+        rec.stage = f"writing {out_path}"
         out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = out_path.with_name(out_path.name + f".{int(time.time())}.tmp")
         tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
         tmp.replace(out_path)
         say(f"json: {out_path}")
-    if as_json:
-        print_json(payload)
+    return payload

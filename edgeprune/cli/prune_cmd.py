@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgeprune.cli.common import (DeviceArgs, ModelArgs, backend_option, collect_options, device_options,
-                                  json_option, keep_layer_option, model_options, out_option, seed_option,
+from edgeprune.cli.common import (DeviceArgs, FiniteFloat, ModelArgs, backend_option, collect_options,
+                                  device_options, json_option, keep_layer_option, model_options, out_option, seed_option,
                                   target_option)
 from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.prune.importance import IMPORTANCE
@@ -29,19 +29,19 @@ def prune_options(required: bool) -> Callable[[Callable], Callable]:
     The latency table follows the command's ``--backend``."""
     return collect_options(
         [
-            click.option("--latency-budget", "latency_budget", type=click.FloatRange(0, 1, min_open=True),
+            click.option("--latency-budget", "latency_budget", type=FiniteFloat(0, 1, min_open=True),
                          metavar="FRACTION",
                          help="Prune to this fraction of the original model's latency on the target (e.g. 0.5)."),
-            click.option("--latency-ms", "latency_ms", type=click.FloatRange(0, min_open=True), metavar="MS",
+            click.option("--latency-ms", "latency_ms", type=FiniteFloat(0, min_open=True), metavar="MS",
                          help="Prune to this latency in milliseconds on the target."),
             click.option("--strategy", type=click.Choice(STRATEGIES.names()), default="knapsack", show_default=True,
                          help="Search: knapsack (HALP-like), greedy (NetAdapt-like), genetic, uniform (baseline)."),
             click.option("--importance", type=click.Choice(IMPORTANCE.names()),
                          help="Channel importance (default: taylor for knapsack, l1 otherwise)."),
-            click.option("--max-accuracy-drop", type=click.FloatRange(0), metavar="POINTS",
+            click.option("--max-accuracy-drop", type=FiniteFloat(0), metavar="POINTS",
                          help="Fail (exit code 8, results kept) if accuracy drops more than this many points."),
             keep_layer_option("Leave this layer (or every layer under this name) unpruned; repeatable."),
-            click.option("--finetune-epochs", type=click.FloatRange(0), default=3.0, show_default=True, metavar="EPOCHS",
+            click.option("--finetune-epochs", type=FiniteFloat(0), default=3.0, show_default=True, metavar="EPOCHS",
                          help="Fine-tuning epochs after pruning (0 = none)."),
             click.option("--distill", is_flag=True,
                          help="Fine-tune with knowledge distillation from the original model."),
@@ -126,12 +126,16 @@ def prune_cmd(model: ModelArgs, target_name: str, backend: str, devices: DeviceA
     Example: edgeprune prune --model zoo:digits-cnn --target host --latency-budget 0.5 --out pruned.pt
     """
     from edgeprune.config.targets import get_target
+    from edgeprune.flows.preflight import check_run
     from edgeprune.flows.prune import prune_model
     from edgeprune.prune.options import PruneGateError
     from edgeprune.prune.save import save_pruned
 
     target = get_target(target_name)
     device = devices.one()
+    # before the model is loaded: an unwritable --out used to fail after profiling, pruning and fine-tuning
+    check_run(target, [device], (prune.backend or target.backends[0],), files={"--out": out_path}, prune=prune,
+              lut=True, log=log)
     loaded = model.load()
     try:
         result = prune_model(loaded, target, device, prune, log=log)

@@ -6,25 +6,31 @@ Also home of the ``--db`` option every recording command shares, and of
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
-from edgeprune.cli.common import json_option, since_option
+from edgeprune.cli.common import FiniteFloat, json_option, since_option
 from edgeprune.cli.output import log, note, out, print_json, table
 
 if TYPE_CHECKING:
     from edgeprune.results.record import RecordOptions
 
-DB_HELP = ("Results database (SQLite). Default: $EDGEPRUNE_DB, else ./results.sqlite. "
-           "'none' disables recording.")
+#: ``--db`` of the commands that record a run (compile, bench, profile): ``none`` / ``off`` records nothing
+DB_HELP = ("Results database (SQLite) the run is recorded in. Default: $EDGEPRUNE_DB, else ./results.sqlite. "
+           "'none' (or 'off') records nothing.")
+#: ``--db`` of the commands that need the database (results, report, nightly): ``none`` / ``off`` is refused
+READ_DB_HELP = ("Results database (SQLite). Default: $EDGEPRUNE_DB, else ./results.sqlite. This command needs "
+                "one: 'none' (or 'off', which turn recording off elsewhere) is an error here.")
 
 
 def db_option(f: Callable) -> Callable:
-    """``--db PATH`` for commands that read the results database."""
-    return click.option("--db", "db", metavar="PATH", default=None, help=DB_HELP)(f)
+    """``--db PATH`` for commands that need the results database (they read it)."""
+    return click.option("--db", "db", metavar="PATH", default=None, help=READ_DB_HELP)(f)
 
 
 def record_option(f: Callable) -> Callable:
@@ -42,35 +48,124 @@ def record_option(f: Callable) -> Callable:
 
 
 def record(summary, kind: str, to: RecordOptions) -> int | None:
-    """Store ``summary`` in the results database ``to`` names; never fails the command
-    (a database problem is reported as a warning, the summary is on disk)."""
-    from edgeprune.errors import EdgepruneError
-    from edgeprune.results.record import record_summary
+    """Store a finished ``summary`` in the results database ``to`` names, at once (fleet
+    runs: one run per device); see :func:`recording` for a run recorded from its start."""
+    with recording(kind, to, Path(summary.out_dir) if summary.out_dir else None, summary.model) as rec:
+        rec.done(summary)
+    return rec.run_id
+
+
+class Recording:
+    """The run being recorded by :func:`recording`; the command calls :meth:`done`."""
+
+    def __init__(self, run) -> None:
+        self.run = run
+        self.summary = None
+
+    @property
+    def run_id(self) -> int | None:
+        return self.run.run_id if self.run is not None else None
+
+    def done(self, summary) -> None:
+        self.summary = summary
+
+
+@contextmanager
+def recording(kind: str, to: RecordOptions, out_dir: Path | None, label: str | None) -> Iterator[Recording]:
+    """Record a compile/bench run from its first moment: begun ``running`` (a killed run is
+    recovered from its out folder later), ended ``complete`` / ``failed`` with the summary
+    given to :meth:`Recording.done`, ``incomplete`` with what was measured when a signal
+    stops it, ``failed`` on an error. A database problem is a warning: the summary is on disk."""
+    from edgeprune.errors import EdgepruneError, Interrupted
+    from edgeprune.flows.compile import CompileInterrupted
+    from edgeprune.results.record import begin_recording, finish_recording
 
     path = to.path
-    if path is None:
-        return None
-    command = "edgeprune " + " ".join(sys.argv[1:]) if sys.argv else None
+    run = None
+    if path is not None:
+        try:
+            recover(path)
+            run = begin_recording(to, kind, out_dir=out_dir, label=label)
+        except (EdgepruneError, OSError) as exc:
+            log(f"warning: results not stored in {path}: {exc}")
+    rec = Recording(run)
+
+    def end(summary, status: str | None = None, why: str | None = None) -> None:
+        try:
+            finish_recording(run, summary, status=status, note=why)
+        except (EdgepruneError, OSError) as exc:
+            log(f"warning: results not stored in {path}: {exc}")
+            rec.run = None
+
     try:
-        run_id = record_summary(path, summary, kind=kind, command=command, started=to.started)
-    except (EdgepruneError, OSError) as exc:
-        log(f"warning: results not stored in {path}: {exc}")
-        return None
-    note(f"stored as run {run_id} in {path} (see `edgeprune results show {run_id}`)")
-    return run_id
+        yield rec
+    except CompileInterrupted as stop:
+        end(stop.summary, "incomplete")
+        raise
+    except KeyboardInterrupt as exc:
+        end(None, "incomplete", f"stopped ({Interrupted.of(exc)})")
+        raise
+    except BaseException as exc:
+        end(None, "failed", (str(exc).splitlines() or [type(exc).__name__])[0][:2000])
+        raise
+    end(rec.summary)
+    if rec.run is not None:
+        note(f"stored as run {rec.run_id} in {path} (see `edgeprune results show {rec.run_id}`)")
 
 
 def _open(db: str | None):
-    from edgeprune.errors import ConfigError
-    from edgeprune.results.store import ResultsStore, default_db_path
+    """The results database ``--db`` names, to read: ``none`` / ``off`` (the switch that
+    turns recording off) is a :class:`ResultsError` here, since nothing was recorded to
+    read, and so is a database that does not exist yet."""
+    from edgeprune.errors import ResultsError
+    from edgeprune.results.store import DB_ENV, ResultsStore, default_db_path
 
     path = default_db_path(db)
     if path is None:
-        raise ConfigError("--db none: no results database to read")
+        said = f"--db {db}" if db is not None else f"${DB_ENV}={os.environ.get(DB_ENV, '')}"
+        raise ResultsError(f"{said} turns recording off, so there is no results database to read",
+                           f"pass --db PATH (or set ${DB_ENV}) to the database compile, bench, profile or nightly "
+                           "recorded into")
     if not path.exists():
-        raise ConfigError(f"results database {path} does not exist",
-                          "run `edgeprune compile`, `bench` or `nightly` first, or pass --db / set $EDGEPRUNE_DB")
+        raise ResultsError(f"results database {path} does not exist",
+                           f"run `edgeprune compile`, `bench`, `profile` or `nightly` first, or pass --db / set ${DB_ENV}")
+    recover(path)  # a killed run's finished jobs, before anything is shown
     return ResultsStore(path)
+
+
+def recover(path: Path) -> None:
+    """Recover the runs of ``path`` whose process was killed (their finished jobs are on disk)."""
+    from edgeprune.results.recover import recover_killed_runs
+    from edgeprune.results.store import ResultsStore
+
+    with ResultsStore(path) as store:
+        for run_id, count in recover_killed_runs(store):
+            note(f"run {run_id} was killed; recovered {count} measured backend(s) from its out folder")
+
+
+def _profile_lines(p: dict) -> list[str]:
+    """A profile run's table and points (``env["profile"]``, written by ``edgeprune profile``)."""
+    if not p:
+        return []
+    how = "".join(f", {x}" for x in (f"{p['threads']} thread(s)" if "threads" in p else None,
+                                     f"{p['timing']} timing" if "timing" in p else None) if x)
+    lines = [f"latency table: {p.get('model', '?')} on {p.get('target', '?')}/{p.get('device', '?')} with "
+             f"{p.get('backend', '?')}{' ' + p['backend_version'] if 'backend_version' in p else ''}{how}"]
+    if p.get("table"):
+        lines.append(f"table file: {p['table']}")
+    if "points_measured" in p:
+        done = f" ({p['points_completed']} completed after an interrupted run)" if p.get("points_completed") else ""
+        lines.append(f"points: {p.get('points_used', '?')} used by the model, {p['points_measured']} measured "
+                     f"now{done}, {p.get('points_reused', '?')} reused; {p.get('bundles', 0)} bundle run(s); model "
+                     + ("measured end to end" if p.get("model_measured") else "end to end from the table"))
+    if "points_kept" in p:
+        lines.append(f"interrupted ({p.get('signal', '?')}) while {p.get('interrupted', '?')}: {p['points_kept']} "
+                     f"point(s) kept ({p.get('points_cut_short', 0)} timed in only some rounds)")
+    v = p.get("validation")
+    if v:
+        lines.append(f"validation: {v.get('variants', '?')} variant(s), median |error| "
+                     f"{v.get('median_abs_pct_error', float('nan')):.2f}%, p95 {v.get('p95_abs_pct_error', float('nan')):.2f}%")
+    return lines
 
 
 def _when(iso: str | None) -> str:
@@ -114,14 +209,17 @@ def list_cmd(db, since, kind, limit, as_json) -> None:
         if as_json:
             print_json([{k: v for k, v in r.to_dict().items() if k != "env"}
                         | {"measurements": counts.get(r.id, (0, 0))[0], "failed": counts.get(r.id, (0, 0))[1],
-                           "regressions": regs[r.id]} for r in runs])
+                           "regressions": regs[r.id]}
+                        | ({"profile": r.env["profile"]} if "profile" in r.env else {}) for r in runs])
             return
         rows = []
         for r in runs:
             n, bad = counts.get(r.id, (0, 0))
+            prof = r.env.get("profile") or {}
+            measured = n if "points_measured" not in prof else f"{prof['points_measured']} pts"
             rows.append([r.id, r.kind, r.status, _when(r.started),
                          f"{r.duration_s:.0f} s" if r.duration_s is not None else None,
-                         n, bad or None, regs[r.id] or None,
+                         measured, bad or None, regs[r.id] or None,
                          r.git_revision[:10] if r.git_revision else None, (r.label or "")[:40] or None])
         table(f"Runs in {store.path}", ["id", "kind", "status", "started (UTC)", "took", "measured", "failed",
                                          "regressions", "git", "label"], rows, right={0, 4, 5, 6, 7})
@@ -154,6 +252,10 @@ def show_cmd(run_id, db, as_json) -> None:
             out.print(f"  command: {run.command}", highlight=False)
         if run.note:
             out.print(f"  note: {run.note}", highlight=False)
+        for line in _profile_lines(env.get("profile") or {}):
+            out.print(f"  {line}", highlight=False)
+        if not ms and run.kind == "profile":
+            return  # a profile's measurements are its latency table, not result rows
         by_m = {}
         for v in vs:
             by_m.setdefault(v.cell, []).append(v)
@@ -182,9 +284,9 @@ def show_cmd(run_id, db, as_json) -> None:
 @click.argument("run_a", type=int)
 @click.argument("run_b", type=int)
 @db_option
-@click.option("--min-effect", type=click.FloatRange(0.001, 0.9), default=0.03, show_default=True,
+@click.option("--min-effect", type=FiniteFloat(0.001, 0.9), default=0.03, show_default=True,
               help="Relative latency change that matters.")
-@click.option("--confidence", type=click.FloatRange(0.5, 0.9999), default=0.99, show_default=True,
+@click.option("--confidence", type=FiniteFloat(0.5, 0.9999), default=0.99, show_default=True,
               help="Confidence of the interval a change must clear to be called.")
 @click.option("--statistic", type=click.Choice(["p10", "median", "p25", "p5", "min"]), default="p10", show_default=True,
               help="Per-run latency compared (a low quantile is steadier on busy machines).")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from edgeprune.cli.common import (DeviceArgs, Duration, ModelArgs, device_options, json_option, model_options,
-                                  out_option, target_option, threads_option)
+from edgeprune.cli.common import (DeviceArgs, Duration, ModelArgs, OutPath, device_options, json_option,
+                                  model_options, out_option, target_option, threads_option)
 from edgeprune.cli.output import log, out, print_json, table
 
 
@@ -69,7 +69,7 @@ def print_report(report, as_json: bool) -> None:
 @click.option("--rpc-tracker", metavar="HOST:PORT", help="TVM RPC tracker of the boards that time candidates.")
 @click.option("--rpc-key", metavar="KEY", help="Board key at the tracker (e.g. rpi4).")
 @threads_option("Threads while timing candidates (default: the target's cores).")
-@click.option("--tuning-dir", "tuning_dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--tuning-dir", "tuning_dir", type=OutPath(file_okay=False, path_type=Path),
               help="Tuning database folder (default: the target's folder under $EDGEPRUNE_TUNING_DIR or "
                    "$EDGEPRUNE_CACHE/tuning).")
 @click.option("--status", is_flag=True, help="Only show the kernels and what the database already has; no tuning.")
@@ -93,8 +93,9 @@ def tune_cmd(model: ModelArgs, target_name: str, trials: int | None, time_budget
       edgeprune tune --model zoo:resnet18 --target rpi4 --device pi-lab-1      # SSH device
       edgeprune tune --model zoo:resnet18 --target rpi4 --rpc-tracker 10.0.0.2:9190 --rpc-key rpi4
     """
-    from edgeprune.compile.backends.tvm import RpcSettings, TuneSettings
+    from edgeprune.compile.backends.tvm import RpcSettings, TuneSettings, TuningDatabase
     from edgeprune.config.targets import get_target
+    from edgeprune.flows.preflight import check_run, check_tracker
     from edgeprune.flows.tune import TuneOptions, tune
 
     if bool(rpc_tracker) != bool(rpc_key):
@@ -105,5 +106,16 @@ def tune_cmd(model: ModelArgs, target_name: str, trials: int | None, time_budget
                             focus=focus, threads=threads, rpc=rpc, verbose=verbose)
     options = TuneOptions(target=target, out_dir=out_dir or Path("out") / f"{model.stem}-{target.name}-tune",
                           device=devices.one(), settings=settings, db_dir=tuning_dir, status_only=status)
+    # before the model is loaded and exported: where it writes, TVM here, the board or tracker it times on
+    records = None if status else (tuning_dir or TuningDatabase.for_target(target).path)
+    check_run(target, [options.device] if options.over_ssh else [], ("tvm",),
+              dirs={"--out": options.out_dir, "--tuning-dir" if tuning_dir else "the tuning records folder": records},
+              log=log)
+    if not status:
+        check_tracker(rpc_tracker)
     report = tune(model.load, options, log=log)
     print_report(report, as_json)
+    if report.stop_signal:  # stopped cleanly at a batch boundary: every measured batch is recorded
+        from edgeprune.errors import Interrupted
+
+        raise Interrupted(report.stop_signal, f"{report.trials_run} trials recorded; rerun to resume")

@@ -3,8 +3,10 @@
 A *variant* is one version of the model to measure: the model itself, or (when
 ``compile`` prunes) the pruned model plus the original beside it. For each variant
 :func:`prepare` exports to ONNX, counts its cost, takes its reference outputs and
-accuracy, builds every requested backend's artifact (and INT8 ones on request) into
-the bundle, and writes the jobs with their parity tolerance. Nothing here runs on a
+accuracy, builds every requested backend's artifact (and INT8 or bf16/fp16 ones on
+request, :mod:`edgeprune.compile.precision`) into the bundle, and writes the jobs with
+their parity tolerance. Every artifact carries its ``precision`` in its runtime options,
+prebuilt ones too: the runner sets it explicitly, so nothing runs a runtime's default. Nothing here runs on a
 device: :func:`edgeprune.bench.measure.measure` does that with the returned bundle, and
 :func:`edgeprune.compile.summarize.summarize` turns both into a :class:`CompileSummary`.
 
@@ -27,9 +29,12 @@ from edgeprune.bench.measure import Bundle
 from edgeprune.bench.settings import BenchSettings
 from edgeprune.bench.bundle import BenchJob
 from edgeprune.compile.analysis import GraphCost, graph_cost
+from edgeprune.compile.auto import auto_backends
 from edgeprune.compile.backends import Artifact, get_backend
 from edgeprune.compile.export import DEFAULT_PARITY_TOL, ExportResult, export_onnx, torch_outputs
+from edgeprune.compile.precision import PRECISION_RULE, build_precision_artifacts, check_precisions
 from edgeprune.compile.quantize import INT8_BACKENDS, INT8_OUTPUT_REL_TOL, QuantizeResult, quantize_int8
+from edgeprune.compile.synthetic import InputCheck, check_synthetic
 from edgeprune.config.targets import Target
 from edgeprune.errors import BackendError, EdgepruneError
 from edgeprune.models.base import LoadedModel
@@ -58,7 +63,7 @@ class Variant:
     prefix: str = ""
     onnx_name: str = "model.onnx"
     accuracy: float | None = None
-    quantize: bool = True  # INT8 artifacts are built for this variant when the options ask for them
+    quantize: bool = True  # INT8 and bf16/fp16 artifacts are built for this variant when the options ask for them
     #: build only these backends for this variant (default: every requested backend)
     backends: tuple[str, ...] | None = None
     #: build for this target instead (e.g. the same target with TVM tuning records off)
@@ -82,6 +87,8 @@ class PrepareOptions:
     prebuilt: tuple[tuple[str, str], ...] = ()  # (backend, artifact path): time these instead of building
     quantize: str | None = None  # "int8"
     calibration_samples: int = 256
+    #: reduced float precisions to build beside fp32 ("bf16", "fp16"; compile.precision)
+    precisions: tuple[str, ...] = ()
 
 
 @dataclass
@@ -97,10 +104,30 @@ class BuiltVariant:
     tolerance: float = 0.0
     int8_tolerance: float = 0.0
     int8_names: list[str] = field(default_factory=list)
+    #: ``<backend>-bf16`` / ``-fp16`` job names (compile.precision), verified like INT8
+    reduced_names: list[str] = field(default_factory=list)
     quant: QuantizeResult | None = None
+    #: what the reference outputs on synthetic inputs showed (overflow, saturation), if anything
+    input_check: InputCheck | None = None
 
     def tolerance_of(self, name: str) -> float:
-        return self.int8_tolerance if name in self.int8_names else self.tolerance
+        """fp32 artifacts: the bit-parity tolerance; bf16 / fp16 / int8: the loose bound
+        of an accuracy-verified artifact (quantize.INT8_PARITY_RULE, precision.PRECISION_RULE)."""
+        return self.tolerance if self.precision_of(name) == "fp32" else self.int8_tolerance
+
+    def precision_of(self, name: str) -> str:
+        """What job ``name`` runs at: its artifact's ``precision`` option (the one source
+        the runner sets), else what its name says (an artifact that failed to build)."""
+        art = self.artifacts.get(name)
+        if art is not None and art.options.get("precision"):
+            return str(art.options["precision"])
+        if name in self.int8_names:
+            return "int8"
+        return name.rsplit("-", 1)[1] if name in self.reduced_names else "fp32"
+
+    def extra_names(self) -> list[str]:
+        """Job names beyond one per backend: bf16 / fp16, then INT8."""
+        return self.reduced_names + self.int8_names
 
     def job_id(self, name: str) -> str:
         return self.variant.prefix + name
@@ -115,6 +142,7 @@ class Prepared:
     names: list[str]
     threads: int
     variants: list[BuiltVariant]
+    notes: list[str] = field(default_factory=list)  # e.g. a backend ``auto`` left out, and why
 
     @property
     def deployed(self) -> BuiltVariant:
@@ -125,9 +153,10 @@ class Prepared:
 
 
 def resolve_backends(requested: Sequence[str], target: Target) -> list[str]:
-    """The backends to build: the requested ones, or every backend the target lists
-    ("auto"). Unknown names fail here, before any work, with the list of valid ones."""
-    names = list(requested) or list(target.backends)
+    """The backends to build: the requested ones, or ("auto") the target's backends less
+    an untuned TVM on a CPU (:func:`edgeprune.compile.auto.auto_backends`). Unknown names
+    fail here, before any work, with the list of valid ones."""
+    names = list(requested) or auto_backends(target)[0]
     for n in names:
         get_backend(n)
     return names
@@ -155,8 +184,10 @@ def reference_accuracy(model: LoadedModel) -> float | None:
     return float(evaluate(model.module, model.data.val, model.data.task, batch_size=model.batch_size))
 
 
-def adopt_prebuilt(backend_name: str, path: Path, target: Target, dest: Path) -> Artifact:
-    """Copy a user's prebuilt artifact (and its companions, e.g. OpenVINO's .bin) into the bundle."""
+def adopt_prebuilt(backend_name: str, path: Path, target: Target, dest: Path, threads: int | None = None) -> Artifact:
+    """Copy a user's prebuilt artifact (and its companions, e.g. OpenVINO's .bin) into the
+    bundle, with the runtime options a build of it would have (fp32 included: an
+    OpenVINO IR without them runs the CPU plugin's default, bf16 on an AMX host)."""
     if not path.exists():
         raise BackendError(f"artifact {path} does not exist")
     backend = get_backend(backend_name)
@@ -167,7 +198,8 @@ def adopt_prebuilt(backend_name: str, path: Path, target: Target, dest: Path) ->
         shutil.copy2(f, dest / f.name)
         copied.append(dest / f.name)
     return Artifact(backend=backend_name, path=copied[0], files=copied, target=target.name,
-                    backend_version=backend.version(), build_seconds=0.0, notes=[f"prebuilt artifact {path}"])
+                    backend_version=backend.version(), build_seconds=0.0,
+                    options=backend.runtime_options(target, threads), notes=[f"prebuilt artifact {path}"])
 
 
 def build_artifacts(
@@ -179,7 +211,7 @@ def build_artifacts(
     errors: dict[str, str] = {}
     for name in names:
         if prebuilt and name in prebuilt:
-            artifacts[name] = adopt_prebuilt(name, prebuilt[name], target, dest / name)
+            artifacts[name] = adopt_prebuilt(name, prebuilt[name], target, dest / name, threads)
             continue
         backend = get_backend(name)
         ok, why = backend.supports(target)
@@ -189,6 +221,7 @@ def build_artifacts(
         log(f"building {name} artifact for {target.name} ...")
         try:
             artifacts[name] = backend.build(onnx_path, target, dest / name, threads=threads)
+            artifacts[name].options.setdefault("precision", "fp32")  # the runner sets it explicitly
         except EdgepruneError as exc:
             errors[name] = str(exc)
             log(f"  {name}: build failed: {exc}")
@@ -227,6 +260,7 @@ def build_int8_artifacts(
         except EdgepruneError as exc:
             errors[n] = str(exc)
             continue
+        art.options["precision"] = "int8"
         art.notes.append(f"INT8 (QDQ) model from {quant.path.name}")
         artifacts[n] = art
     return quant, int8_names, artifacts, errors
@@ -258,7 +292,11 @@ def _prepare_variant(
         target = v.target or target
         names = [n for n in names if v.backends is None or n in v.backends]
         artifacts, errors = build_artifacts(exp.path, target, names, dest, threads, log, prebuilt)
-        quant, int8_names = None, []
+        quant, int8_names, reduced = None, [], []
+        if options.precisions and v.quantize:
+            reduced, arts_p, errs_p = build_precision_artifacts(artifacts, errors, options.precisions, names, log)
+            artifacts.update(arts_p)
+            errors.update(errs_p)
         if options.quantize and v.quantize:
             if options.quantize != "int8":
                 raise BackendError(f"unknown quantization '{options.quantize}'; choose int8")
@@ -267,13 +305,16 @@ def _prepare_variant(
             artifacts.update(arts8)
             errors.update(errs8)
     expected = reference_outputs(v.model, exp.path, inputs)
+    check = None if v.prefix else check_synthetic(  # once, on the deployed model: are these outputs comparable?
+        v.model.data is not None, inputs, expected, v.model.output_names,
+        lambda xs: reference_outputs(v.model, exp.path, xs))
     scale = max(float(np.max(np.abs(e))) if e.size else 0.0 for e in expected)
     built = BuiltVariant(
         variant=v, export=exp, cost=graph_cost(exp.path),
         accuracy=v.accuracy if v.accuracy is not None else reference_accuracy(v.model),
         artifacts=artifacts, errors=errors, tolerance=options.parity_atol + options.parity_rtol * scale,
         int8_tolerance=INT8_OUTPUT_REL_TOL * scale,  # INT8 parity is accuracy-based; see quantize.INT8_PARITY_RULE
-        int8_names=int8_names, quant=quant,
+        int8_names=int8_names, reduced_names=reduced, quant=quant, input_check=check,
     )
     return built, expected
 
@@ -290,6 +331,7 @@ def prepare(
     if not variants:
         raise ValueError("prepare needs at least one variant")
     names = resolve_backends(options.backends, target)
+    check_precisions(options.precisions, names, target, flags=None)  # names only: the caller knows the device
     out_dir.mkdir(parents=True, exist_ok=True)
     bundle_dir = out_dir / "bundle"
     if bundle_dir.exists():
@@ -322,4 +364,6 @@ def prepare(
     others = [j for js in job_lists[1:] for j in js]
     bundle = Bundle(bundle_dir, _interleave(job_lists[0], others) if job_lists[0] else others)
     bundle.write()
-    return Prepared(bundle=bundle, target=target, names=names, threads=threads, variants=built)
+    return Prepared(bundle=bundle, target=target, names=names, threads=threads, variants=built,
+                    notes=([] if options.backends else auto_backends(target, first.spec)[1])
+                    + ([PRECISION_RULE + "."] if options.precisions else []))

@@ -10,15 +10,38 @@ from __future__ import annotations
 import datetime as _dt
 
 from edgeprune import __version__
+from edgeprune.bench.bundle import JobResult
 from edgeprune.bench.measure import Measurements
 from edgeprune.bench.rounds import decision_ms, rounds_faster
 from edgeprune.bench.stats import LatencyStats
-from edgeprune.compile.prepare import BuiltVariant, Prepared
+from edgeprune.compile.auto import tune_command
+from edgeprune.compile.hints import add_hints
+from edgeprune.compile.prepare import ORIGINAL, BuiltVariant, Prepared
 from edgeprune.compile.quantize import INT8_PARITY_RULE
 from edgeprune.compile.summary import BackendResult, CompileSummary, ModelFigures
 from edgeprune.config.devices import Device
 
 REFERENCE_BACKEND = "onnxruntime"
+
+
+def rejection(r: BackendResult, reference_acc: float | None, acc_tol: float) -> str | None:
+    """Why ``r`` cannot be chosen ("tvm failed parity (...)"), or None when it can."""
+    if not r.ok:
+        return f"{r.name} failed ({r.error})"
+    if r.verified is False:
+        diff = "?" if r.max_abs_diff is None else f"{r.max_abs_diff:.2g}"
+        rule = "" if r.tolerance is None else f" > {r.tolerance:.2g}"  # INT8 has a relative rule, no tolerance
+        return f"{r.name} failed parity (max diff {diff}{rule})"
+    if reference_acc is not None and r.accuracy is not None and r.accuracy < reference_acc - acc_tol:
+        return f"{r.name} lost accuracy ({r.accuracy:.2f}% vs {reference_acc:.2f}%)"
+    if r.precision != "fp32" and (r.accuracy is None or reference_acc is None):
+        return f"{r.name} accuracy unverified (an {r.precision} artifact is chosen only on labelled data)"
+    return None
+
+
+def ms(r: BackendResult) -> float:
+    """The latency a choice is made on (:func:`edgeprune.bench.rounds.decision_ms`)."""
+    return decision_ms(r.round_medians_ms, r.latency_ms.median)  # type: ignore[union-attr]
 
 
 def choose_backend(
@@ -27,23 +50,13 @@ def choose_backend(
     """Fastest artifact whose outputs verified and whose accuracy held; with the reason."""
     passing, rejected = [], []
     for r in results:
-        if not r.ok:
-            rejected.append(f"{r.name} failed ({r.error})")
-        elif r.verified is False:
-            diff = "?" if r.max_abs_diff is None else f"{r.max_abs_diff:.2g}"
-            rule = "" if r.tolerance is None else f" > {r.tolerance:.2g}"  # INT8 has a relative rule, no tolerance
-            rejected.append(f"{r.name} failed parity (max diff {diff}{rule})")
-        elif reference_acc is not None and r.accuracy is not None and r.accuracy < reference_acc - acc_tol:
-            rejected.append(f"{r.name} lost accuracy ({r.accuracy:.2f}% vs {reference_acc:.2f}%)")
-        elif r.precision != "fp32" and (r.accuracy is None or reference_acc is None):
-            rejected.append(f"{r.name} accuracy unverified (an {r.precision} artifact is chosen only on labelled data)")
-        else:
+        why = rejection(r, reference_acc, acc_tol)
+        if why is None:
             passing.append(r)
+        else:
+            rejected.append(why)
     if not passing:
         return None, "no artifact passed: " + "; ".join(rejected)
-
-    def ms(r: BackendResult) -> float:
-        return decision_ms(r.round_medians_ms, r.latency_ms.median)  # type: ignore[union-attr]
 
     passing.sort(key=ms)
     best = passing[0]
@@ -64,6 +77,39 @@ def choose_backend(
     return best.name, reason
 
 
+def apply_job_result(br: BackendResult, jr: JobResult, round_medians: list[float], flops: float = 0.0,
+                     peak: float = 0.0) -> None:
+    """Fill ``br`` with what the runner reported for its job: the one place a job line
+    becomes a backend's figures (a finished run, and a killed run recovered later)."""
+    br.threads, br.env = jr.threads, jr.env
+    if jr.ok and jr.times_ms:
+        br.error = None
+        br.latency_ms = LatencyStats.from_times(jr.times_ms)
+        br.runs, br.times_ms = len(jr.times_ms), jr.times_ms
+        br.round_medians_ms = round_medians
+        br.verified, br.max_abs_diff, br.accuracy = jr.verified, jr.max_abs_diff, jr.accuracy
+        # what ran: the runner read it back from the runtime (and fails a job whose runtime fell back)
+        br.precision = str((jr.env.get("runtime_settings") or {}).get("precision") or br.precision)
+        if peak > 0 and flops > 0:
+            br.roofline_fraction = flops / (br.latency_ms.median / 1e3) / peak
+    else:
+        br.error = jr.error or "run failed"
+
+
+def is_reference(v: BuiltVariant, name: str) -> bool:
+    """Whether backend ``name``'s artifact *is* the reference: an ONNX-only model's outputs
+    are ONNX Runtime's on the same file, so that artifact's parity is 0 by construction."""
+    import filecmp
+
+    art = v.artifacts.get(name)
+    if name != REFERENCE_BACKEND or v.variant.model.module is not None or art is None:
+        return False
+    try:
+        return filecmp.cmp(art.path, v.export.path, shallow=False)  # a prebuilt artifact is a real check
+    except OSError:
+        return False
+
+
 def backend_results(prepared: Prepared, measured: Measurements | None, can_run: bool,
                     variant: BuiltVariant | None = None) -> list[BackendResult]:
     """One :class:`BackendResult` per backend of ``variant`` (default: the deployed one),
@@ -75,30 +121,24 @@ def backend_results(prepared: Prepared, measured: Measurements | None, can_run: 
     medians = measured.round_medians if measured is not None else {}
     out: list[BackendResult] = []
     names = [n for n in prepared.names if v.variant.backends is None or n in v.variant.backends]
-    for name in names + v.int8_names:
+    for name in names + v.extra_names():
         art = v.artifacts.get(name)
         br = BackendResult(
             name=name, artifact=str(art.path) if art else None,
             backend_version=art.backend_version if art else None, build_seconds=art.build_seconds if art else None,
-            tolerance=v.tolerance_of(name), precision="int8" if name in v.int8_names else "fp32",
+            tolerance=v.tolerance_of(name), precision=v.precision_of(name),
             notes=list(art.notes or []) if art else [],
         )
         jr = results.get(v.job_id(name))
         if art is None:
             br.error = v.errors.get(name, "not built")
         elif jr is not None:
-            br.threads, br.env = jr.threads, jr.env
-            if jr.ok and jr.times_ms:
-                br.latency_ms = LatencyStats.from_times(jr.times_ms)
-                br.runs, br.times_ms = len(jr.times_ms), jr.times_ms
-                br.round_medians_ms = medians.get(v.job_id(name), [])
-                br.verified, br.max_abs_diff, br.accuracy = jr.verified, jr.max_abs_diff, jr.accuracy
-                if peak > 0 and flops > 0:
-                    br.roofline_fraction = flops / (br.latency_ms.median / 1e3) / peak
-            else:
-                br.error = jr.error or "run failed"
+            br.job_id = v.job_id(name)
+            apply_job_result(br, jr, medians.get(v.job_id(name), []), flops, peak)
         elif can_run:
+            br.job_id = v.job_id(name)
             br.error = (measured.error if measured is not None else None) or "not run"
+        br.parity_reference = is_reference(v, name)
         out.append(br)
     ref = next((b for b in out if b.name == REFERENCE_BACKEND and b.ok), None)
     for b in out:
@@ -117,7 +157,7 @@ def summarize(
     """
     v = prepared.deployed
     can_run = measured is not None
-    notes = list(notes)
+    notes = list(notes) + prepared.notes + ([v.input_check.note()] if v.input_check is not None else [])
     if v.quant is not None:
         notes += [v.quant.describe(), INT8_PARITY_RULE + "."] + v.quant.notes
     if not can_run and prepared.bundle.jobs:
@@ -138,10 +178,27 @@ def summarize(
     chosen_res = next((b for b in backends if b.name == chosen), None)
     if chosen_res is not None and chosen_res.latency_ms is not None:
         original.latency_ms = chosen_res.latency_ms.to_dict()
+    hints = _hints(prepared, backends, chosen, device, model_spec, accuracy_tolerance)
     return CompileSummary(
         model=model_spec, target=prepared.target.name, device=device.name, backend=chosen, original=original,
         pruned=None, backends=backends, export=v.export.to_dict(), choice_reason=reason, task=task,
         emulated=device.emulated, env=next((b.env for b in backends if b.env), {}), notes=notes,
         edgeprune_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        out_dir=out_dir, roofline_peak=prepared.target.peak_description(),
+        out_dir=out_dir, roofline_peak=prepared.target.peak_description(), hints=hints,
     )
+
+
+def _hints(prepared: Prepared, backends: list[BackendResult], chosen: str | None, device: Device, model_spec: str,
+           accuracy_tolerance: float) -> list[str]:
+    """Each backend's hints (added to it) and the run's (returned): see :mod:`edgeprune.compile.hints`."""
+    v, t = prepared.deployed, prepared.target
+    # a pruned model's kernels are those of the deployed ONNX, not of the spec's model
+    tune_model = str(v.export.path) if prepared.variant(ORIGINAL) is not None else model_spec
+    board = device.name if device.kind != "local" else (None if t.is_native else "BOARD")
+    rejected = {b.name: why for b in backends if (why := rejection(b, v.accuracy, accuracy_tolerance))}
+    # a prebuilt artifact (bench --artifact) was not built here: whether it was tuned is unknown
+    built = {n: a.options for n, a in v.artifacts.items()
+             if not any(x.startswith("prebuilt artifact") for x in a.notes)}
+    return add_hints(backends, chosen, rejected, options=built,
+                     accelerator=t.accelerator, tune_cmd=tune_command(tune_model, t, board),
+                     input_check=v.input_check, decision_ms=ms, emulated=device.emulated)

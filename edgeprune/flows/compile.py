@@ -20,14 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.bench.device_lock import check_free
-from edgeprune.bench.measure import Measurements, measure
+from edgeprune.bench.measure import MeasureInterrupted, Measurements, measure
 from edgeprune.bench.settings import BenchSettings
-from edgeprune.compile.prepare import ORIGINAL, PrepareOptions, Prepared, Variant, prepare, resolve_backends
+from edgeprune.compile.prepare import ORIGINAL, PrepareOptions, Prepared, Variant, prepare
 from edgeprune.compile.report import write_report
 from edgeprune.compile.summarize import summarize
 from edgeprune.compile.summary import CompileSummary, ModelFigures
 from edgeprune.config.devices import Device
 from edgeprune.config.targets import Target
+from edgeprune.errors import Interrupted
+from edgeprune.flows.preflight import check_build, make_out_dir
 from edgeprune.models.base import LoadedModel
 from edgeprune.prune.options import PruneOptions, PruneResult
 
@@ -49,11 +51,12 @@ class CompileOptions:
     prune: PruneOptions | None = None  # prune first; original and pruned are measured side by side
     quantize: str | None = None  # "int8": also build INT8 (QDQ) artifacts of the exported model, timed beside fp32
     calibration_samples: int = 256  # real training samples that calibrate INT8 activation ranges
+    precisions: tuple[str, ...] = ()  # "bf16" / "fp16": also build those artifacts (compile.precision)
 
     def prepare_options(self) -> PrepareOptions:
         return PrepareOptions(backends=self.backends, bench=self.bench, parity_atol=self.parity_atol,
                               parity_rtol=self.parity_rtol, prebuilt=self.prebuilt, quantize=self.quantize,
-                              calibration_samples=self.calibration_samples)
+                              calibration_samples=self.calibration_samples, precisions=self.precisions)
 
 
 @dataclass
@@ -94,17 +97,36 @@ def prune_variants(model: LoadedModel, target: Target, device: Device, out_dir: 
     return deployed, pruned
 
 
+class CompileInterrupted(Interrupted):
+    """``compile`` / ``bench`` stopped by a signal: ``summary`` (status ``incomplete``,
+    already written with ``report.md``) holds every backend measured before the stop."""
+
+    def __init__(self, stop: Interrupted, summary: CompileSummary) -> None:
+        measured = sum(b.ok for b in summary.backends)
+        where = Path(summary.out_dir) / "summary.json"
+        super().__init__(stop.signum, f"{measured} of {len(summary.backends)} backend(s) measured, kept in {where}"
+                         if summary.backends else f"{summary.stopped}: nothing measured yet (status in {where})")
+        self.summary = summary
+
+
+#: a backend's error while its device is still timing (replaced when the run finishes)
+STILL_RUNNING = "still being measured"
+
+
 def can_measure(target: Target, device: Device) -> bool:
     """A local device runs only native targets; a remote one is the target's board."""
     return device.kind != "local" or target.is_native
 
 
 def finish(prepared: Prepared, measured: Measurements | None, device: Device, model: LoadedModel,
-           options: CompileOptions, out_dir: Path, pruned: Pruned | None = None) -> CompileSummary:
-    """Summarize, add the pruning figures, write ``summary.json`` and ``report.md``."""
+           options: CompileOptions, out_dir: Path, pruned: Pruned | None = None, status: str = "complete",
+           stopped: str | None = None) -> CompileSummary:
+    """Summarize, add the pruning figures, write ``summary.json`` and ``report.md``
+    (``status``: ``running`` before timing, ``incomplete`` when stopped)."""
     summary = summarize(prepared, measured, device, model_spec=model.spec,
                         task=model.data.task if model.data else None, accuracy_tolerance=options.accuracy_tolerance,
                         notes=list(model.notes), out_dir=str(out_dir))
+    summary.status, summary.stopped = status, stopped
     if pruned is not None:
         from edgeprune.prune.figures import apply_pruning
 
@@ -131,19 +153,67 @@ def compile_model(
     Returns the summary (also written to ``out_dir/summary.json`` and ``report.md``).
     Per-backend failures are recorded in the summary rather than raised.
     """
-    resolve_backends(options.backends, target)  # unknown backends fail before any work
+    # unknown, unsupported or missing backends and impossible budgets fail before any work (flows.preflight)
+    check_build(target, options.backends, [name for name, _ in options.prebuilt], options.prune)
+    if options.precisions:  # a CPU without bf16/fp16 instructions fails now, not after the export
+        from edgeprune.compile.precision import check_for_device
+        from edgeprune.compile.prepare import resolve_backends
+
+        check_for_device(options.precisions, resolve_backends(options.backends, target), target, device.kind == "local")
     if not options.bench.wait_for_device and can_measure(target, device) and device.kind == "local":
         check_free(device)  # --no-wait: a busy device fails now, not after the export and builds
-    out_dir.mkdir(parents=True, exist_ok=True)
-    variants = [Variant(model=model)]
-    pruned = None
-    if options.prune is not None:
-        deployed, pruned = prune_variants(model, target, device, out_dir, options.prune, log)
-        variants = [deployed, pruned.original]
-    prepared = prepare(variants, target, out_dir, options.prepare_options(), log)
-    measured = None
-    if can_measure(target, device) and prepared.bundle.jobs:
-        s = options.bench
+    make_out_dir(out_dir)  # an unwritable --out: one line, exit 2
+    stage = "pruning"
+    try:
+        variants = [Variant(model=model)]
+        pruned = None
+        if options.prune is not None:
+            deployed, pruned = prune_variants(model, target, device, out_dir, options.prune, log)
+            variants = [deployed, pruned.original]
+        stage = "export and build"
+        prepared = prepare(variants, target, out_dir, options.prepare_options(), log)
+    except KeyboardInterrupt as exc:  # nothing measured yet: say so on disk, then stop
+        stop = Interrupted.of(exc)
+        raise CompileInterrupted(stop, stopped_summary(model, target, device, out_dir, f"{stop} during {stage}")
+                                 ) from None
+    if not (can_measure(target, device) and prepared.bundle.jobs):
+        return finish(prepared, None, device, variants[0].model, options, out_dir, pruned)
+    # written before timing, so a run killed while it times is recovered from it
+    finish(prepared, Measurements(device=device, error=STILL_RUNNING), device, variants[0].model, options, out_dir,
+           pruned, status="running")
+    s = options.bench
+    try:
         measured = measure(prepared.bundle, [device], rounds=s.rounds, timeout_s=s.timeout_s, log=log,
                            wait=s.wait_for_device)[device.name]
+    except MeasureInterrupted as stop:
+        summary = finish(prepared, stop.measurements[device.name], device, variants[0].model, options, out_dir,
+                         pruned, status="incomplete", stopped=f"{stop} during measurement")
+        raise CompileInterrupted(stop, summary) from None
+    except KeyboardInterrupt as exc:  # between the steps of measure (writing the manifest)
+        stop = Interrupted.of(exc)
+        summary = finish(prepared, Measurements(device=device, error=f"interrupted ({stop})"), device,
+                         variants[0].model, options, out_dir, pruned, status="incomplete",
+                         stopped=f"{stop} before measurement")
+        raise CompileInterrupted(stop, summary) from None
     return finish(prepared, measured, device, variants[0].model, options, out_dir, pruned)
+
+
+def stopped_summary(model: LoadedModel, target: Target, device: Device, out_dir: Path, stopped: str
+                    ) -> CompileSummary:
+    """The summary of a run stopped before anything was built or measured (written, with
+    ``report.md``): status ``incomplete``, no backends, and when it stopped."""
+    import datetime as _dt
+
+    from edgeprune import __version__
+    from edgeprune.compile.summary import ModelFigures
+
+    summary = CompileSummary(
+        model=model.spec, target=target.name, device=device.name, backend=None,
+        original=ModelFigures(params=0, macs=0, accuracy=None), pruned=None, backends=[], export={},
+        choice_reason=f"stopped ({stopped}): nothing was measured", emulated=device.emulated,
+        edgeprune_version=__version__, out_dir=str(out_dir), status="incomplete", stopped=stopped,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    summary.write(out_dir)
+    write_report(summary, out_dir / "report.md")
+    return summary

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgeprune.bench.measure import Bundle, check_distinct, measure
+from edgeprune.bench.measure import Bundle, MeasureInterrupted, check_distinct, measure
 from edgeprune.compile.prepare import Variant, prepare
 from edgeprune.compile.summary import CompileSummary
 from edgeprune.config.devices import Device
 from edgeprune.config.targets import Target
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, Interrupted
 from edgeprune.flows.compile import CompileOptions, can_measure, finish
 from edgeprune.models.base import LoadedModel
 
@@ -74,18 +74,37 @@ def bench_on_devices(
         bundles[d.name] = Bundle(dest, list(prepared.bundle.jobs))
     runnable = [d for d in devices if can_measure(target, d) and prepared.bundle.jobs]
     s = options.bench
-    measured = measure({n: bundles[n] for n in (d.name for d in runnable)}, runnable, rounds=s.rounds,
-                       timeout_s=s.timeout_s, log=log, max_parallel=max_parallel,
-                       wait=s.wait_for_device) if runnable else {}
+    stop = None
+    try:
+        measured = measure({n: bundles[n] for n in (d.name for d in runnable)}, runnable, rounds=s.rounds,
+                           timeout_s=s.timeout_s, log=log, max_parallel=max_parallel,
+                           wait=s.wait_for_device) if runnable else {}
+    except MeasureInterrupted as halt:
+        stop, measured = halt, halt.measurements
     for d in devices:
         o = outcomes[d.name]
         m = measured.get(d.name)
         o.seconds = m.seconds if m is not None else 0.0
         try:
-            o.summary = finish(replace(prepared, bundle=bundles[d.name]), m, d, model, options, o.out_dir)
+            o.summary = finish(replace(prepared, bundle=bundles[d.name]), m, d, model, options, o.out_dir,
+                               status="incomplete" if stop else "complete",
+                               stopped=f"{stop} during measurement" if stop else None)
         except EdgepruneError as exc:
             o.error = str(exc)
             continue
         if o.summary.backend is None:
             o.error = m.error if m is not None and m.error else o.summary.choice_reason
-    return [outcomes[d.name] for d in devices]
+    result = [outcomes[d.name] for d in devices]
+    if stop is not None:
+        raise FleetInterrupted(stop, result)
+    return result
+
+
+class FleetInterrupted(Interrupted):
+    """A several-device bench stopped by a signal: ``outcomes`` are every device's
+    summary (status ``incomplete``, written) with what that device had finished."""
+
+    def __init__(self, stop: Interrupted, outcomes: list[DeviceOutcome]) -> None:
+        measured = sum(1 for o in outcomes for b in (o.summary.backends if o.summary else []) if b.ok)
+        super().__init__(stop.signum, f"{measured} backend result(s) on {len(outcomes)} device(s) kept")
+        self.outcomes = outcomes

@@ -7,6 +7,12 @@ refinement of unconfirmed intervals, then noisy points; :mod:`edgeprune.latency.
 predictor. validate: time random pruned variants end to end and compare them with the
 predictor.
 
+Every chunk of points is saved to the table file as soon as it is timed, and an
+interrupted profile saves the series of the chunk that was cut too, so nothing measured
+is lost: the next run completes the points timed in only some rounds and measures only
+what is missing (:class:`~edgeprune.latency.records.ProfileInterrupted` says how much
+was kept).
+
 Measurement care on a noisy machine (the stages that do it): each point is timed in
 ``rounds`` short series, interleaved with every other point of its bundle and with a
 reference layer (:mod:`edgeprune.latency.layer_bundle`); a point's latency is the median
@@ -23,14 +29,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeprune.errors import BenchError, ModelError
+from edgeprune.errors import BenchError, Interrupted, ModelError
 from edgeprune.latency.entry import LatencyEntry
 from edgeprune.latency.layer_bundle import REFERENCE_LAYER, layer_job
 from edgeprune.latency.lut import LatencyTable, Point
 from edgeprune.latency.measurer import BundleMeasurer, warn_if_busy
 from edgeprune.latency.points import REMEASURE_ROUNDS, complete_table
 from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement, error_stats
-from edgeprune.latency.records import ProfileResult, ValidationReport
+from edgeprune.latency.records import ProfileInterrupted, ProfileResult, ValidationReport
 from edgeprune.latency.series import Timing, TableUnit
 from edgeprune.latency.settings import ProfileSettings, ProgressSink, layer_timing
 from edgeprune.latency.store import LUTStore, TableFile, table_key
@@ -47,6 +53,10 @@ Log = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+#: how each kind of layer-point batch is described in progress lines
+_DESCRIPTIONS = {"new": "layer points", "complete": "points cut short", "remeasure": "noisy points"}
 
 
 def profile_model(
@@ -69,7 +79,12 @@ def profile_model(
     Entries are stored in the table's reference unit: raw times x (the table's reference
     ms / the reference measured in the same bundle). The table's reference is its first
     measurement of :data:`~edgeprune.latency.layer_bundle.REFERENCE_LAYER`, so every
-    later bundle, run or model lands on the same scale."""
+    later bundle, run or model lands on the same scale.
+
+    Interrupted (Ctrl-C, SIGTERM, SIGHUP): every point measured so far is already in the
+    table file, including the series of the bundle that was cut (a point timed in only
+    some rounds is marked and completed by the next run), and :class:`ProfileInterrupted`
+    says how many were kept: a rerun measures only what is missing."""
     t0 = time.perf_counter()
     settings.check_drift()
     store = store or LUTStore()
@@ -92,6 +107,7 @@ def profile_model(
     env: dict[str, Any] = dict(tf.env)
     warned = False
     measured: set[str] = set()
+    completed: set[str] = set()  # points cut short by an interrupted run, completed now
 
     def save(new: Mapping[str, LatencyEntry], models: Mapping[str, dict[str, Any]] | None = None) -> TableFile:
         nonlocal env
@@ -114,67 +130,75 @@ def profile_model(
         used = len(table.used_signatures())
         done_f = sum(t.complete and not t.refinement() for t in table.tables.values())
         progress.status(done_f, len(table.tables), used, used + len(todo))
+        short = sum(1 for p in todo if (e := entries.get(p.signature)) is not None and e.partial)
         if remeasure:
             log(f"re-measuring {len(todo)} noisy point(s)")
-        else:
-            log(f"{'refining' if measured else 'measuring'}: {len(todo)} point(s) on {device.name} with {backend} "
-                f"({len(table.tables)} layer table(s), {len(entries)} point(s) cached)")
+            return
+        if short:
+            log(f"completing {short} point(s) an interrupted profile timed in only some rounds")
+        if len(todo) > short:
+            log(f"{'refining' if measured - completed else 'measuring'}: {len(todo) - short} point(s) on {device.name} "
+                f"with {backend} ({len(table.tables)} layer table(s), {len(entries)} point(s) cached)")
 
-    def measure(todo: list[Point], remeasure: bool) -> dict[str, str]:
-        table = LatencyTable(space, entries, settings.grid)
-        jobs = [layer_job(p, table.families[p.family].layer, key.timing) for p in todo]
-
+    def keep(mode: str) -> Callable[[dict[str, Timing]], None]:
+        """Save a chunk's timings at once (``mode``: new points, completing points cut
+        short, or more rounds for noisy ones), so an interruption loses nothing."""
         def on_chunk(timings: dict[str, Timing]) -> None:
             new = {}
             for k, tm in timings.items():
                 rounds, f = unit.rounds(tm)
                 old = entries.get(k)
-                e = old.merged(rounds, tm.runs, f) if (old is not None and remeasure) else \
-                    LatencyEntry.from_rounds(rounds, tm.runs, f)
+                if old is not None and mode == "complete":
+                    e = old.completed(rounds, tm.runs, f, partial=tm.short)
+                    if not e.partial:
+                        completed.add(k)
+                elif old is not None and mode == "remeasure":
+                    e = old.merged(rounds, tm.runs, f)
+                else:
+                    e = LatencyEntry.from_rounds(rounds, tm.runs, f, partial=tm.short)
                 entries[k] = new[k] = e
                 measured.add(k)
             save(new)
+        return on_chunk
 
-        rounds = settings.rounds if not remeasure else REMEASURE_ROUNDS
-        _, errs = measurer.measure(jobs, rounds, settings.series(), on_chunk,
-                                   description="layer points" if not remeasure else "noisy points")
+    def measure(todo: list[Point], remeasure: bool) -> dict[str, str]:
+        table = LatencyTable(space, entries, settings.grid)
+        batches: dict[tuple[str, int], list[Point]] = {}
+        for p in todo:
+            e = entries.get(p.signature)
+            if remeasure:
+                batch = ("remeasure", REMEASURE_ROUNDS)
+            elif e is not None and e.partial:  # only the rounds it still owes
+                batch = ("complete", max(1, min(e.partial, settings.rounds)))
+            else:
+                batch = ("new", settings.rounds)
+            batches.setdefault(batch, []).append(p)
+        errs: dict[str, str] = {}
+        for (mode, rounds), points in sorted(batches.items()):
+            jobs = [layer_job(p, table.families[p.family].layer, key.timing) for p in points]
+            _, e = measurer.measure(jobs, rounds, settings.series(), keep(mode), description=_DESCRIPTIONS[mode])
+            errs.update(e)
         for k, e in errs.items():
             log(f"could not measure {k}: {e}")
         return errs
 
-    table, failures = complete_table(space, entries, settings.grid, measure, status)
-    if not table.complete:
-        missing = [p.signature for t in table.tables.values() for p in t.missing]
-        raise BenchError(f"latency table incomplete: {len(missing)} point(s) could not be measured, e.g. {missing[0]}: "
-                         f"{failures.get(missing[0], 'unknown error')}")
-
-    # ---- the model end to end: full width + calibration variants ----
-    fp = model_fingerprint(model, space)
-    cached = tf.models.get(fp) if not refresh else None
-    meas = ModelMeasurements.from_dict(fp, cached) if cached else None
-    model_measured = False
-    n = settings.calibration_variants if space.prunable_groups() else 0
-    if meas is None or len(meas.variants) < n:  # none yet, or more calibration asked for than stored
-        base = LatencyPredictor(space, table)
-        rng = random.Random(f"calibration:{settings.seed}")
-        variants = [random_widths(space, rng, base.candidates) for _ in range(n)]
-        jobs = [variant_job(model, space, None, "full")] + [variant_job(model, space, w, f"cal{i}")
-                                                            for i, w in enumerate(variants)]
-        log(f"measuring {model.name} end to end: full width + {n} calibration variant(s)")
-        timings, errs = measurer.measure(jobs, settings.model_rounds, settings.series(models=True),
-                                         description="model + calibration variants")
-        if "full" not in timings:
-            raise BenchError(f"cannot measure {model.name} end to end: {errs.get('full', 'no result')}")
-        meas = ModelMeasurements(
-            fingerprint=fp, name=model.spec, full=unit.entry(timings["full"]),
-            variants=[VariantMeasurement(w, unit.entry(timings[f"cal{i}"])) for i, w in enumerate(variants)
-                      if f"cal{i}" in timings],
-        )
-        for k, e in errs.items():
-            log(f"calibration variant {k} failed: {e}")
-        merged = save({}, {fp: meas.to_dict()})
-        meas = ModelMeasurements.from_dict(fp, merged.models[fp])  # in the file's unit
-        model_measured = True
+    stage = "measuring layer points"
+    try:
+        table, failures = complete_table(space, entries, settings.grid, measure, status)
+        if not table.complete:
+            missing = [p.signature for t in table.tables.values() for p in t.missing]
+            raise BenchError(f"latency table incomplete: {len(missing)} point(s) could not be measured, e.g. "
+                             f"{missing[0]}: {failures.get(missing[0], 'unknown error')}")
+        stage = f"measuring {model.name} end to end"
+        fp = model_fingerprint(model, space)
+        meas, model_measured = _model_measurements(model, space, table, tf, fp, refresh, settings, measurer, unit,
+                                                   save, log)
+    except KeyboardInterrupt as exc:
+        progress.close()
+        stop = ProfileInterrupted(Interrupted.of(exc), stage, path, kept=len(measured),
+                                  cut_short=sum(1 for k in measured if entries[k].partial), cached=len(reused_before))
+        log(stop.summary())
+        raise stop from None
     predictor = LatencyPredictor(space, table, meas)
     progress.close()
     used = table.used_signatures()
@@ -183,8 +207,42 @@ def profile_model(
         points_measured=len(measured), points_reused=len(used & (reused_before - measured)),
         model_measured=model_measured, seconds=time.perf_counter() - t0, bundles=measurer.bundles_run,
         failures=failures, model=model.spec, fingerprint=fp, reference_ms=unit.ref_ms,
-        unsteady_series=measurer.unsteady_series,
+        unsteady_series=measurer.unsteady_series, points_completed=len(completed),
     )
+
+
+def _model_measurements(model: "LoadedModel", space: PruneSpace, table: LatencyTable, tf: TableFile, fp: str,
+                        refresh: bool, settings: ProfileSettings, measurer: BundleMeasurer, unit: TableUnit,
+                        save: Callable[..., TableFile], log: Log) -> tuple[ModelMeasurements, bool]:
+    """The model end to end at full width and at the calibration widths: cached in the
+    table file by model fingerprint, measured when absent (or fewer variants than asked).
+    Returns the measurements (in the file's unit) and whether they were measured now."""
+    cached = tf.models.get(fp) if not refresh else None
+    meas = ModelMeasurements.from_dict(fp, cached) if cached else None
+    n = settings.calibration_variants if space.prunable_groups() else 0
+    if meas is not None and len(meas.variants) >= n:
+        return meas, False
+    base = LatencyPredictor(space, table)
+    rng = random.Random(f"calibration:{settings.seed}")
+    variants = [random_widths(space, rng, base.candidates) for _ in range(n)]
+    jobs = [variant_job(model, space, None, "full")] + [variant_job(model, space, w, f"cal{i}")
+                                                        for i, w in enumerate(variants)]
+    log(f"measuring {model.name} end to end: full width + {n} calibration variant(s)")
+    timings, errs = measurer.measure(jobs, settings.model_rounds, settings.series(models=True),
+                                     description="model + calibration variants")
+    if "full" not in timings:
+        raise BenchError(f"cannot measure {model.name} end to end: {errs.get('full', 'no result')}")
+    meas = ModelMeasurements(
+        fingerprint=fp, name=model.spec, full=unit.entry(timings["full"]),
+        variants=[VariantMeasurement(w, unit.entry(timings[f"cal{i}"])) for i, w in enumerate(variants)
+                  if f"cal{i}" in timings],
+    )
+    for k, e in errs.items():
+        log(f"calibration variant {k} failed: {e}")
+    # the prune space goes with it: a table is shared by every model of its context, and
+    # the report draws a model's own layers from it (results.report.staircase)
+    merged = save({}, {fp: {**meas.to_dict(), "space": space.to_dict()}})
+    return ModelMeasurements.from_dict(fp, merged.models[fp]), True  # in the file's unit
 
 
 def validate(

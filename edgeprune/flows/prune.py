@@ -39,15 +39,19 @@ def _stderr(msg: str) -> None:
 
 
 def default_latency_model(
-    model: LoadedModel, space: "TracedSpace", target: "Target", device: "Device", backend: str | None, log: Log
+    model: LoadedModel, space: "TracedSpace", target: "Target", device: "Device", backend: str | None, log: Log,
+    notes: list[str] | None = None,
 ) -> "LatencyModel":
     """The measured latency table + predictor of ``target`` on ``device`` for ``space``
     with ``backend`` (default: the target's preferred one), profiled on first use and
-    reused from the cache afterwards (:func:`edgeprune.flows.profile.profile_model`)."""
+    reused from the cache afterwards (:func:`edgeprune.flows.profile.profile_model`).
+    The profiling is part of the pruning run: ``notes`` gets how many points it measured."""
     from edgeprune.flows.profile import profile_model
 
     name = backend or (list(target.backends) or ["onnxruntime"])[0]
     result = profile_model(model, target, device, name, space=space, log=log)
+    if notes is not None:
+        notes.append(result.note())
     return result.predictor
 
 
@@ -117,7 +121,7 @@ def prune_model(
     if latency_model is None:
         if target is None or device is None:
             raise PruneError("prune_model needs a target and device (or a latency_model)")
-        latency_model = default_latency_model(model, space, target, device, opts.backend, log)
+        latency_model = default_latency_model(model, space, target, device, opts.backend, log, notes)
 
     full = space.full_widths()
     l0 = float(latency_model.predict(full))

@@ -53,6 +53,10 @@ class LatencyEntry:
     measured: str = ""
     scale: float = 1.0  # reference normalisation applied to the raw rounds (latency.series.TableUnit)
     remeasured: int = 0  # how many times more rounds were added (noisy points)
+    #: rounds still owed: an interrupted run timed only some of the rounds it asked for
+    #: (every one it kept is a complete series); the next profile completes the point
+    #: instead of measuring it again from scratch (:func:`edgeprune.latency.points.needed`)
+    partial: int = 0
 
     @property
     def spread(self) -> float:
@@ -74,19 +78,31 @@ class LatencyEntry:
         return LatencyEntry(ms=robust_ms(allr), rounds=allr, runs=self.runs + runs, measured=now_iso(),
                             scale=scale, remeasured=self.remeasured + 1)
 
+    def completed(self, rounds: list[float], runs: int, scale: float = 1.0, partial: int = 0) -> "LatencyEntry":
+        """This point cut short by an interruption, with the ``rounds`` it still owed
+        added (``partial``: how many are still owed if this run was cut short too).
+        Not a re-measurement: the point keeps its allowance for noisy re-measurements."""
+        allr = list(self.rounds) + list(rounds)
+        return LatencyEntry(ms=robust_ms(allr), rounds=allr, runs=self.runs + runs, measured=now_iso(),
+                            scale=scale, remeasured=self.remeasured, partial=partial)
+
     @classmethod
-    def from_rounds(cls, rounds: list[float], runs: int, scale: float = 1.0) -> "LatencyEntry":
-        return cls(ms=robust_ms(rounds), rounds=list(rounds), runs=runs, measured=now_iso(), scale=scale)
+    def from_rounds(cls, rounds: list[float], runs: int, scale: float = 1.0, partial: int = 0) -> "LatencyEntry":
+        return cls(ms=robust_ms(rounds), rounds=list(rounds), runs=runs, measured=now_iso(), scale=scale,
+                   partial=partial)
 
     def rescaled(self, factor: float) -> "LatencyEntry":
         return LatencyEntry(ms=self.ms * factor, rounds=[r * factor for r in self.rounds], runs=self.runs,
-                            measured=self.measured, scale=self.scale * factor, remeasured=self.remeasured)
+                            measured=self.measured, scale=self.scale * factor, remeasured=self.remeasured,
+                            partial=self.partial)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"ms": round(self.ms, 6), "rounds": [round(r, 6) for r in self.rounds], "runs": self.runs,
              "measured": self.measured, "scale": round(self.scale, 6)}
         if self.remeasured:
             d["remeasured"] = self.remeasured
+        if self.partial:
+            d["partial"] = self.partial
         return d
 
     @classmethod
@@ -96,4 +112,4 @@ class LatencyEntry:
         # older estimator read the same way as new ones
         return cls(ms=robust_ms(rounds) if rounds else float(d["ms"]), rounds=rounds, runs=int(d.get("runs", 0)),
                    measured=str(d.get("measured", "")), scale=float(d.get("scale", 1.0)),
-                   remeasured=int(d.get("remeasured", 0)))
+                   remeasured=int(d.get("remeasured", 0)), partial=int(d.get("partial", 0)))

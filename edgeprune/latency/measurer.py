@@ -8,6 +8,12 @@ bundle holds many layer graphs (one runner process for all of them, built by
 with an ETA and every finished chunk can be saved (an interrupted profile resumes where
 it stopped). The chunk sizes come from a cost model that learns the device's ms per MAC
 from each chunk's results.
+
+Interrupted (Ctrl-C, SIGTERM, SIGHUP) while a chunk runs: the series the runner had
+finished (complete lines of the bundle's results.jsonl; the executor stops the runner)
+are folded like a whole chunk and handed to ``on_chunk`` before the interruption goes
+on up as :class:`ChunkInterrupted`, so a point timed in some of its rounds is kept with
+the rounds it still owes (``Timing.short``).
 """
 
 from __future__ import annotations
@@ -21,11 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeprune.bench.bundle import JobResult
-from edgeprune.bench.measure import Bundle, measure_on
+from edgeprune.bench.bundle import JobResult, read_results
+from edgeprune.bench.measure import Bundle, MeasureInterrupted, measure_on
 from edgeprune.bench.settings import BenchSettings
-from edgeprune.errors import ConfigError
-from edgeprune.latency.layer_bundle import REFERENCE_KEY, REFERENCE_PER_ROUND, Job, build_bundle, reference_job, shorter
+from edgeprune.errors import ConfigError, Interrupted
+from edgeprune.latency.layer_bundle import (REFERENCE_KEY, REFERENCE_PER_ROUND, Job, LayerBundle, build_bundle,
+                                            reference_job, shorter)
 from edgeprune.latency.series import Timing, fold
 from edgeprune.latency.settings import ProfileSettings, ProgressSink, layer_timing
 
@@ -38,6 +45,15 @@ Log = Callable[[str], None]
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class ChunkInterrupted(Interrupted):
+    """Stopped while a chunk was timed; ``timings`` are what it had finished (already
+    given to ``on_chunk``), each with the rounds it still owes (``Timing.short``)."""
+
+    def __init__(self, stop: Interrupted, timings: dict[str, Timing]) -> None:
+        super().__init__(stop.signum)  # what is kept is the caller's to say (on_chunk saved it, or nothing did)
+        self.timings = timings
 
 
 class BundleMeasurer:
@@ -104,7 +120,8 @@ class BundleMeasurer:
         returns timings and errors by key. With ``reference``, every bundle also times
         :data:`~edgeprune.latency.layer_bundle.REFERENCE_LAYER` and each timing carries that
         bundle's reference (``Timing.ref_ms``). ``on_chunk`` gets each chunk's timings as
-        soon as it is measured (to save them)."""
+        soon as it is measured (to save them), and, when a stop signal cuts a chunk, the
+        series that chunk finished, before :class:`ChunkInterrupted` is raised."""
         timings: dict[str, Timing] = {}
         errors: dict[str, str] = {}
         chunks = self._chunks(jobs, rounds, series)
@@ -116,13 +133,17 @@ class BundleMeasurer:
                 el = time.perf_counter() - t0
                 self.log(f"  {description}: {done}/{len(jobs)} timed in {el:.0f} s, "
                          f"~{el / done * (len(jobs) - done):.0f} s left")
-            t, e = self._run_chunk(([ref] if ref else []) + chunk, rounds, series)
+            stop: ChunkInterrupted | None = None
+            try:
+                t, e = self._run_chunk(([ref] if ref else []) + chunk, rounds, series)
+            except ChunkInterrupted as cut:  # keep what the chunk finished, then stop
+                stop, t, e = cut, cut.timings, {}
             done += len(chunk)
             if ref is not None:
                 rt = t.pop(REFERENCE_KEY, None)
                 for tm in t.values():
                     tm.ref_ms = rt.ms if rt else None
-                if rt is None:
+                if rt is None and t:
                     self.log(f"warning: the reference job failed ({e.get(REFERENCE_KEY, 'no result')}); "
                              "this bundle's points are not drift-corrected")
                 e.pop(REFERENCE_KEY, None)
@@ -130,6 +151,8 @@ class BundleMeasurer:
             errors.update(e)
             if on_chunk is not None and t:
                 on_chunk(t)
+            if stop is not None:
+                raise stop
         return timings, errors
 
     def _run_chunk(self, chunk: list[Job], rounds: int, series: BenchSettings
@@ -144,7 +167,10 @@ class BundleMeasurer:
                               seed=f"{self.settings.seed}:{self.bundles_run}")
             if not lb.bundle.jobs:
                 return {}, lb.errors
-            results = self._run_with_progress(lb.bundle)
+            try:
+                results = self._run_with_progress(lb.bundle)
+            except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP: keep the finished series
+                raise ChunkInterrupted(Interrupted.of(exc), self._finished(lb, exc, rounds)) from None
             self.bundles_run += 1
         finally:
             if root is None:
@@ -157,6 +183,22 @@ class BundleMeasurer:
         if f.ms_per_mac is not None:  # better cost estimates for the next chunks
             self._ms_per_mac = f.ms_per_mac
         return f.timings, f.errors
+
+    def _finished(self, lb: LayerBundle, stop: BaseException, rounds: int) -> dict[str, Timing]:
+        """The timings of an interrupted bundle: the results the executor brought back
+        with the interruption, else (stopped outside the runner, or by an executor that
+        brings none) the complete lines of the bundle's results.jsonl on this host."""
+        if isinstance(stop, MeasureInterrupted):
+            results = stop.measurements.results
+        else:
+            results = {r.id: r for r in read_results(lb.bundle.dir)}
+        if not results:
+            return {}
+        self.bundles_run += 1
+        f = fold(lb, results, asked=rounds)
+        self.unsteady_series += f.unsteady
+        self.last_env = f.env or self.last_env
+        return f.timings
 
     def _gate_config(self) -> dict[str, Any] | None:
         if not self.settings.gate:

@@ -1,7 +1,8 @@
 """Which points to measure next, until a latency table needs nothing more.
 
-The tables (:mod:`~edgeprune.latency.lut`) say what each one lacks: planned grid points
-not measured yet, refinement of intervals not confirmed to lie on one step, spikes; this
+The tables (:mod:`~edgeprune.latency.lut`) say what each one lacks: points an
+interrupted profile timed in only some rounds, planned grid points not measured yet,
+refinement of intervals not confirmed to lie on one step, spikes; this
 module turns that into the next batch of layer shapes to time, and runs the fixpoint
 loop around a ``measure`` callback. The plan depends only on the measured entries, so a
 second profile over a cached table finds nothing to measure.
@@ -10,7 +11,7 @@ second profile over a cached table finds nothing to measure.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from edgeprune.latency.entry import LatencyEntry
 from edgeprune.latency.grid import GridSettings
@@ -25,17 +26,31 @@ MAX_REMEASURE = 2
 REMEASURE_ROUNDS = 3
 
 
-def needed(table: LatencyTable) -> list[Point]:
-    """What to measure next (empty when the table is final): missing planned points,
-    then refinement points."""
-    seen: dict[str, Point] = {}
+def cut_short(table: LatencyTable) -> list[Point]:
+    """Points of ``table`` an interrupted run timed in only some of their rounds
+    (``LatencyEntry.partial``): they are completed, not measured again from scratch."""
+    out: dict[str, Point] = {}
+    for t in table.tables.values():
+        for p in t.points():
+            e = table.entries.get(p.signature)
+            if e is not None and e.partial:
+                out.setdefault(p.signature, p)
+    return list(out.values())
+
+
+def needed(table: LatencyTable, skip: Collection[str] = ()) -> list[Point]:
+    """What to measure next (empty when the table is final), leaving out ``skip``
+    (points that failed): points cut short by an interrupted run and missing planned
+    points, then refinement points (planned from complete points only)."""
+    seen: dict[str, Point] = {p.signature: p for p in cut_short(table) if p.signature not in skip}
     for t in table.tables.values():
         for p in t.missing:
-            seen.setdefault(p.signature, p)
+            if p.signature not in skip:
+                seen.setdefault(p.signature, p)
     if not seen:
         for t in table.tables.values():
             for p in t.refinement():
-                if p.signature not in table.entries:
+                if p.signature not in table.entries and p.signature not in skip:
                     seen.setdefault(p.signature, p)
     return list(seen.values())
 
@@ -52,7 +67,7 @@ def noisy(table: LatencyTable) -> list[Point]:
         spikes = {p.signature for p in t.spikes()}
         for p in t.points():
             e = entries.get(p.signature)
-            if e is None or e.remeasured >= MAX_REMEASURE:
+            if e is None or e.remeasured >= MAX_REMEASURE or e.partial:
                 continue
             # a spike (sticks out of two agreeing neighbours) gets one second look
             if e.spread > limit or (p.signature in spikes and e.remeasured == 0):
@@ -71,15 +86,16 @@ def complete_table(
     status: Callable[[LatencyTable, list[Point], bool], None] | None = None,
     max_iterations: int = 200,
 ) -> tuple[LatencyTable, dict[str, str]]:
-    """Measure until the table needs nothing more: planned points, then refinement, then
-    noisy points. ``measure(points, remeasure)`` must add what it measured to ``entries``
+    """Measure until the table needs nothing more: points an interrupted run cut short
+    and planned points, then refinement, then noisy points. ``measure(points, remeasure)``
+    must add what it measured to ``entries`` (completing a cut-short entry's rounds)
     and return ``{signature: error}`` for points it could not measure (never retried).
     The plan depends only on ``entries``, so a cached table needs no measurement.
     Returns the final table and the failures."""
     failures: dict[str, str] = {}
     for _ in range(max_iterations):  # a fixpoint; the bound only guards against a planning bug
         table = LatencyTable(space, entries, grid)
-        todo = [p for p in needed(table) if p.signature not in failures]
+        todo = needed(table, failures)
         remeasure = False
         if not todo:
             todo = [p for p in noisy(table) if p.signature not in failures]

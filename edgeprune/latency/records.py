@@ -1,5 +1,6 @@
 """What a profile and a validation return: :class:`ProfileResult` (the predictor and how
-the table was obtained) and :class:`ValidationReport` (predicted vs measured variants).
+the table was obtained), :class:`ValidationReport` (predicted vs measured variants), and
+:class:`ProfileInterrupted` (what an interrupted profile kept).
 
 Plain records with ``to_dict`` for ``--json``; the orchestration that fills them is
 :mod:`edgeprune.flows.profile`.
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeprune.errors import Interrupted, signal_name
 from edgeprune.latency.lut import LatencyTable
 from edgeprune.latency.predictor import LatencyPredictor
 from edgeprune.latency.store import TableKey
@@ -34,6 +36,17 @@ class ProfileResult:
     reference_ms: float | None = None
     #: series the steady gate marked unsteady (re-timing did not find the steady state)
     unsteady_series: int = 0
+    #: points an interrupted run had timed in only some rounds, completed by this one
+    points_completed: int = 0
+
+    def note(self) -> str:
+        """One line on how the table was obtained (for a pruning run's notes and the
+        results database)."""
+        k = self.key
+        done = f" ({self.points_completed} completed after an interrupted run)" if self.points_completed else ""
+        return (f"latency table ({k.backend} {k.backend_version}, {k.threads} thread(s), {k.timing} timing on "
+                f"{k.target}/{k.device}): {self.points_used} point(s) used, {self.points_measured} measured now{done}, "
+                f"{self.points_reused} reused; {self.table_path}")
 
     def layer_rows(self) -> list[dict[str, Any]]:
         p = self.predictor
@@ -57,7 +70,8 @@ class ProfileResult:
         return {
             "model": self.model, "fingerprint": self.fingerprint, "key": self.key.to_dict(),
             "table": str(self.table_path), "points_used": self.points_used, "points_measured": self.points_measured,
-            "points_reused": self.points_reused, "model_measured": self.model_measured,
+            "points_reused": self.points_reused, "points_completed": self.points_completed,
+            "model_measured": self.model_measured,
             "seconds": round(self.seconds, 2), "bundles": self.bundles, "failures": self.failures,
             "reference_ms": self.reference_ms, "unsteady_series": self.unsteady_series,
             "families": len(self.table.families), "layers": len(self.predictor.space.layers),
@@ -107,3 +121,29 @@ class ValidationReport:
             "full_rounds_ms": [round(r, 4) for r in self.full_rounds_ms], "unsteady_series": self.unsteady_series,
             "seconds": round(self.seconds, 2), "busy_cpus": None if self.busy_cpus is None else round(self.busy_cpus, 2),
         }
+
+
+class ProfileInterrupted(Interrupted):
+    """A profile stopped by Ctrl-C, SIGTERM or SIGHUP. Every point it measured is already
+    in the table file (``table_path``), those timed in only some rounds marked so the
+    next run completes them: a rerun measures only what is missing."""
+
+    def __init__(self, stop: Interrupted, stage: str, table_path: Path, kept: int, cut_short: int, cached: int) -> None:
+        self.stage, self.table_path = stage, table_path
+        self.points_kept, self.points_cut_short, self.points_cached = kept, cut_short, cached
+        if kept:
+            what = f"{kept} measured point(s) kept in the latency table; a rerun measures only the rest"
+        else:
+            what = f"no point measured yet; the latency table keeps its {cached} point(s)"
+        super().__init__(stop.signum, what)
+
+    def summary(self) -> str:
+        short = (f" ({self.points_cut_short} timed in only some rounds: the next run completes them)"
+                 if self.points_cut_short else "")
+        return (f"interrupted while {self.stage}: {self.points_kept} point(s) measured by this run kept in "
+                f"{self.table_path}{short}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"interrupted": self.stage, "signal": signal_name(self.signum), "table": str(self.table_path),
+                "points_kept": self.points_kept, "points_cut_short": self.points_cut_short,
+                "points_cached_before": self.points_cached}

@@ -34,6 +34,8 @@ class Timing:
     ref_ms: float | None = None  # the reference job, measured interleaved in the same bundle
     #: per round, the reference timed right before and after this point's series (their mean)
     ref_rounds: list[float | None] = field(default_factory=list)
+    #: rounds asked for but never timed: the bundle was interrupted before them
+    short: int = 0
 
     @property
     def ms(self) -> float:
@@ -106,16 +108,23 @@ class Folded:
     gate_fast_ms: float | None = None  # the fastest steady-gate probe level seen
 
 
-def fold(lb: LayerBundle, results: Mapping[str, JobResult]) -> Folded:
-    """One :class:`Timing` per job of ``lb`` from the runner's results by job id."""
+def fold(lb: LayerBundle, results: Mapping[str, JobResult], asked: int | None = None) -> Folded:
+    """One :class:`Timing` per job of ``lb`` from the runner's results by job id.
+
+    ``asked``: the rounds each job was to get, when the bundle was interrupted: a job
+    keeps the complete series it has and its ``Timing.short`` says how many it still
+    owes; jobs never reached are absent."""
     out = Folded(errors=dict(lb.errors))
     per_key: dict[str, list[JobResult]] = {}
+    ids = {j.id for j in lb.bundle.jobs}
     for r in results.values():
-        per_key.setdefault(lb.key_of(r.id), []).append(r)
+        if r.id in ids:
+            per_key.setdefault(lb.key_of(r.id), []).append(r)
     local_ref = local_references(lb.bundle.jobs, results.values(), lb.keys)
     ratios = []
     for k, rs in per_key.items():
         good = [r for r in rs if r.ok and r.times_ms]
+        owed = max(0, asked - len(good)) if asked is not None and k != REFERENCE_KEY else 0  # a cut series is owed
         if not good:
             out.errors[k] = next((r.error for r in rs if r.error), "no timings")
             continue
@@ -124,7 +133,7 @@ def fold(lb: LayerBundle, results: Mapping[str, JobResult]) -> Folded:
         job = lb.jobs[k]
         meds = [series_ms(r.times_ms, job.timing) for r in good]
         out.timings[k] = Timing(rounds=meds, runs=sum(len(r.times_ms) for r in good),
-                                ref_rounds=[local_ref.get(r.id) for r in good])
+                                ref_rounds=[local_ref.get(r.id) for r in good], short=owed)
         out.env = good[0].env or out.env
         if job.macs > 0:  # device time per MAC, wall-clock even for kernel timing
             walls = [w for r in good if (w := (r.env.get("timing") or {}).get("wall_median_ms"))]

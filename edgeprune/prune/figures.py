@@ -37,7 +37,7 @@ def apply_pruning(
     pruned = ModelFigures(params=deployed.params, macs=deployed.macs, accuracy=deployed.accuracy,
                           latency_ms=deployed.latency_ms, extra=extra)
     orig = ModelFigures(params=original.params, macs=original.macs, accuracy=original.accuracy)
-    notes: list[str] = []
+    notes: list[str] = list(result.notes)  # the search's and the profile's (how many points it measured)
     jr = results.get(original_prefix + chosen) if chosen else None
     if jr is not None and jr.ok and jr.times_ms:
         orig.latency_ms = LatencyStats.from_times(jr.times_ms).to_dict()

@@ -41,6 +41,12 @@ Verdict, with ``t`` the minimum effect (default 3 %):
   changed is smaller than anyone cares about;
 - **UNKNOWN**: the data cannot tell (e.g. ratio 1.04 with interval 0.99–1.09). The
   nightly runner measures the cell again and decides on all batches together.
+
+:func:`compare` is the *history* method: tonight against samples of other nights, which
+a busy night shifts as a whole (an unchanged model once came out ``SLOWER +6.8 %``). The
+nightly runner's default is the *paired* method (:mod:`edgeprune.results.paired`): the
+baseline's artifact timed in the same batches as tonight's. Both share the per-run
+statistic (:func:`run_stats`) and the verdict rule (:func:`decide`).
 """
 
 from __future__ import annotations
@@ -82,6 +88,10 @@ class DetectSettings:
     bootstrap: int = 400  # block-bootstrap replicates per run
     seed: int = 0
     statistic: str = "p10"  # per-run location: median, p25, p10, p5 or min (see STATISTICS)
+    # the paired method (edgeprune.results.paired): the baseline's artifact timed beside tonight's
+    pair_noise: float = 0.005  # prior sd of the log ratio of two artifacts timed in one batch (0.5 %)
+    busy_noise: float = 0.03  # a batch whose pairs scatter more than this (sd beyond sampling noise) is busy
+    busy_shift: float = 0.25  # ... or whose baseline artifact ran this much slower than its own history
 
     def __post_init__(self) -> None:
         if not 0 < self.min_effect < 1:
@@ -92,6 +102,8 @@ class DetectSettings:
                 raise ValueError(f"{name} must be in (0, 1)")
         if self.run_noise < 0 or self.prior_runs < 1 or self.bootstrap < 50:
             raise ValueError("run_noise >= 0, prior_runs >= 1 and bootstrap >= 50 are required")
+        if self.pair_noise < 0 or self.busy_noise <= 0 or self.busy_shift <= 0:
+            raise ValueError("pair_noise >= 0, busy_noise > 0 and busy_shift > 0 are required")
         if self.statistic not in STATISTICS:
             raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, not '{self.statistic}'")
 
@@ -121,6 +133,12 @@ class Comparison:
     run_noise: float  # estimated between-session sd of the log statistic (posterior)
     reason: str
     statistic: str = "p10"  # what baseline_ms / current_ms / ratio are of
+    #: "history": tonight against earlier nights; "paired": against the baseline's artifact
+    #: timed in the same batches (edgeprune.results.paired)
+    method: str = "history"
+    busy: str = ""  # why the device was too busy for a verdict ("" = it was not)
+    drift: float | None = None  # paired: the baseline artifact tonight / its own history
+    batches: int = 0  # batches the verdict is judged on (paired: paired batches)
 
     @property
     def change(self) -> float:
@@ -177,7 +195,7 @@ def block_bootstrap(x: np.ndarray, reps: int, rng: np.random.Generator, q: float
 _RUN_CACHE: dict[bytes, tuple[float, float]] = {}
 
 
-def _run_stats(r: np.ndarray, s: DetectSettings) -> tuple[float, float]:
+def run_stats(r: np.ndarray, s: DetectSettings) -> tuple[float, float]:
     """log(location) of one run and the within-run variance of it (block bootstrap).
 
     Deterministic per run (the bootstrap is seeded from the run's contents), and cached:
@@ -198,7 +216,7 @@ def _run_stats(r: np.ndarray, s: DetectSettings) -> tuple[float, float]:
 
 def _group(runs: list[np.ndarray], s: DetectSettings) -> tuple[np.ndarray, np.ndarray]:
     """Per run: log of its location statistic, and the within-run variance of that."""
-    st = [_run_stats(r, s) for r in runs]
+    st = [run_stats(r, s) for r in runs]
     return np.array([a for a, _ in st]), np.array([b for _, b in st])
 
 
@@ -288,30 +306,49 @@ def compare(
     else:
         p = float(stats.mannwhitneyu(pooled_c, pooled_b, alternative="two-sided").pvalue)
 
-    up, down = 1 + s.min_effect, 1 / (1 + s.min_effect)
-    if ratio >= up and lo > 1 and p < s.alpha:
-        verdict, why = Verdict.SLOWER, f"{ratio - 1:+.1%} ≥ +{s.min_effect:.0%} and the {s.confidence:.0%} interval excludes 1"
-    elif ratio <= down and hi < 1 and p < s.alpha:
-        verdict, why = Verdict.FASTER, f"{ratio - 1:+.1%} ≤ -{1 - down:.1%} and the {s.confidence:.0%} interval excludes 1"
-    elif down < lo_s and hi_s < up:
-        verdict, why = Verdict.SAME, (f"the {s.same_confidence:.0%} interval {lo_s:.3f}–{hi_s:.3f} is inside "
-                                      f"±{s.min_effect:.0%}")
-    else:
-        verdict = Verdict.UNKNOWN
-        if (ratio >= up or ratio <= down) and lo <= 1 <= hi:
-            why = f"{ratio - 1:+.1%} but the {s.confidence:.0%} interval {lo:.3f}–{hi:.3f} includes 1"
-        elif ratio >= up or ratio <= down:
-            why = f"{ratio - 1:+.1%} but the U test is not significant (p={p:.2g})"
-        else:
-            why = f"{ratio - 1:+.1%}, but a change beyond ±{s.min_effect:.0%} is not ruled out ({lo_s:.3f}–{hi_s:.3f})"
+    verdict, why = decide(ratio, (lo, hi), (lo_s, hi_s), p, s)
     return Comparison(
         verdict=verdict, ratio=ratio, ci_low=lo, ci_high=hi, p_value=p,
         baseline_ms=math.exp(cb), current_ms=math.exp(cc),
         baseline_runs=kb, current_runs=kc,
         baseline_samples=int(pooled_b.size), current_samples=int(pooled_c.size),
-        run_noise=math.sqrt(sigma2), reason=why, statistic=s.statistic,
+        run_noise=math.sqrt(sigma2), reason=why, statistic=s.statistic, batches=kc,
     )
 
+
+def decide(ratio: float, ci: tuple[float, float], ci_same: tuple[float, float], p: float, s: DetectSettings,
+           paired: bool = False) -> tuple[Verdict, str]:
+    """The verdict on a ratio, its ``confidence`` interval ``ci``, its ``same_confidence``
+    interval ``ci_same`` and the U test's ``p``, and the reason in words.
+
+    Significance (the interval excludes 1, U agrees) is required either way; how large the
+    change must be differs. Against history the *estimate* must reach ``min_effect``:
+    between-night noise is modelled with a prior, and the point rule keeps a shifted night
+    from paging anyone. A paired estimate's interval is measured, not assumed, so the
+    interval only has to *reach* ``min_effect``: a true +3 % is then caught instead of half
+    the time (its estimate falls below +3 % in half the nights).
+    """
+    lo, hi = ci
+    lo_s, hi_s = ci_same
+    up, down = 1 + s.min_effect, 1 / (1 + s.min_effect)
+    big_up, big_down = (hi >= up, lo <= down) if paired else (ratio >= up, ratio <= down)
+    if big_up and lo > 1 and p < s.alpha:
+        size = f"reaches +{s.min_effect:.0%}" if paired else f"{ratio - 1:+.1%} ≥ +{s.min_effect:.0%}"
+        return Verdict.SLOWER, f"{ratio - 1:+.1%}: the {s.confidence:.0%} interval excludes 1 and {size}" if paired \
+            else f"{size} and the {s.confidence:.0%} interval excludes 1"
+    if big_down and hi < 1 and p < s.alpha:
+        size = f"reaches -{1 - down:.1%}" if paired else f"{ratio - 1:+.1%} ≤ -{1 - down:.1%}"
+        return Verdict.FASTER, f"{ratio - 1:+.1%}: the {s.confidence:.0%} interval excludes 1 and {size}" if paired \
+            else f"{size} and the {s.confidence:.0%} interval excludes 1"
+    if down < lo_s and hi_s < up:
+        return Verdict.SAME, (f"the {s.same_confidence:.0%} interval {lo_s:.3f}–{hi_s:.3f} is inside "
+                              f"±{s.min_effect:.0%}")
+    if (big_up or big_down) and lo <= 1 <= hi:
+        return Verdict.UNKNOWN, f"{ratio - 1:+.1%} but the {s.confidence:.0%} interval {lo:.3f}–{hi:.3f} includes 1"
+    if big_up or big_down:
+        return Verdict.UNKNOWN, f"{ratio - 1:+.1%} but the U test is not significant (p={p:.2g})"
+    return Verdict.UNKNOWN, (f"{ratio - 1:+.1%}, but a change beyond ±{s.min_effect:.0%} is not ruled out "
+                             f"({lo_s:.3f}–{hi_s:.3f})")
 
 # --------------------------------------------------------------------------- other rules
 @dataclass(frozen=True)

@@ -15,6 +15,20 @@ A *cell* is (model, target, device, backend, variant). Its *baseline* is either 
 - Accuracy and parity are judged apart from latency: accuracy may not drop more than
   ``accuracy_tolerance`` points below the baseline's; a parity failure is a regression
   on its own.
+
+Latency is judged one of two ways, and the verdict says which (``data["method"]``):
+
+- **paired** (the nightly default): the artifact of a baseline run was kept and timed
+  again *interleaved with tonight's* in the same batches (:mod:`edgeprune.results.paired`).
+  What a busy or drifting machine does to the night cancels; a batch in which the device
+  was too busy is refused (UNKNOWN, "device busy", with a hint). The baseline's artifact
+  is the one that started the current level (the oldest kept since the last detected
+  change, or the pinned run's), so a slowdown that creeps in over several nights adds up
+  against one fixed artifact.
+- **history** (the fallback, when no baseline artifact is kept, and for ``compile`` /
+  ``bench`` runs): tonight's batches against the earlier nights' samples
+  (:func:`edgeprune.results.detect.compare`), judged only once ``min_baseline_runs``
+  earlier runs exist.
 """
 
 from __future__ import annotations
@@ -24,7 +38,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeprune.results import fingerprint
-from edgeprune.results.detect import DetectSettings, Verdict, check_accuracy, compare
+from edgeprune.results.detect import Comparison, DetectSettings, Verdict, check_accuracy, compare
+from edgeprune.results.paired import PairedBatch, compare_paired
 from edgeprune.results.records import Measurement, VerdictRecord
 from edgeprune.results.store import ResultsStore
 
@@ -46,6 +61,18 @@ class Policy:
     accuracy_tolerance: float = 0.5  # points
     max_remeasure: int = 2
     fail_on_unknown: bool = False
+    retime: bool = True  # nightly: time the baseline's kept artifact beside tonight's (the paired method)
+    pair_rounds: int = 6  # rounds of a paired batch (even: each artifact goes first equally often)
+
+
+@dataclass
+class Paired:
+    """What the nightly runner has for the paired method: the baseline measurement whose
+    artifact it re-timed and the batches that timed it beside tonight's, or why not."""
+
+    reference: Measurement | None = None
+    batches: list[PairedBatch] = field(default_factory=list)
+    note: str = ""  # why there are no paired batches (the history is judged instead)
 
 
 @dataclass
@@ -123,7 +150,63 @@ def _changes(current: Measurement, base: list[Measurement]) -> str:
     return "; " + "; ".join(notes) if notes else ""
 
 
-def judge_latency(store: ResultsStore, run_id: int, current: list[Measurement], policy: Policy) -> VerdictRecord:
+def reference_candidates(store: ResultsStore, current: Measurement, run_id: int, policy: Policy) -> list[Measurement]:
+    """Baseline measurements whose artifact may be re-timed beside ``current``, best first,
+    one per artifact: the pinned run's; else this series' runs since the last detected
+    change (the current level), oldest first, so a slowdown creeping in over several
+    nights adds up against the artifact that started the level."""
+    if policy.pin is not None:
+        pinned = store.measurements(run_id=policy.pin, cell=current.cell)
+        ms = [m for m in pinned if m.good and m.series == current.series]
+    else:
+        ms = store.history(current.cell, before_run=run_id, series=current.series)
+        changes = store.change_runs(current.cell, {int(m.run_id) for m in ms if m.run_id is not None})
+        if changes:
+            ms = [m for m in ms if int(m.run_id) >= max(changes)]  # type: ignore[arg-type]
+        ms = ms[::-1]
+    out, seen = [], set()
+    for m in ms:
+        if m.artifact_hash and m.artifact_hash not in seen:
+            seen.add(m.artifact_hash)
+            out.append(m)
+    return out
+
+
+def _sessions(ms: list[Measurement]) -> list[list[float]]:
+    """One sample list per run (its re-measurements pooled): runs are independent sessions."""
+    sessions: dict[int, list[float]] = {}
+    for m in sorted(ms, key=lambda m: (m.run_id or 0, m.attempt)):
+        sessions.setdefault(int(m.run_id or 0), []).extend(m.times_ms)
+    return list(sessions.values())
+
+
+def _paired_verdict(m0: Measurement, base: list[Measurement], how: str, c_hist: Comparison, paired: Paired,
+                    policy: Policy) -> VerdictRecord:
+    """The latency verdict of the paired method, with the history's view beside it."""
+    ref = paired.reference
+    assert ref is not None
+    # the busy check compares the re-timed artifact with its own earlier runs (else the baseline's)
+    own = [m for m in base if m.artifact_hash == ref.artifact_hash] or base
+    c = compare_paired(paired.batches, policy.detect, _sessions(own))
+    same = ref.artifact_hash == m0.artifact_hash
+    against = (f"paired with the artifact of run {ref.run_id}"
+               + (" (the same artifact: an A/A check of the device)" if same else ""))
+    drift = f"; the baseline's artifact ran {c.drift - 1:+.1%} against its history tonight" if c.drift else ""
+    info = f"; tonight vs history {c_hist.change:+.1%} (informational)"
+    return VerdictRecord(
+        cell=m0.cell, kind="latency", verdict=c.verdict.value, regression=c.verdict is Verdict.SLOWER,
+        ratio=c.ratio, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
+        baseline_ids=[int(ref.id)] if ref.id is not None else [], measurement_id=m0.id,
+        detail=f"{c.describe()}; {c.reason}; {against}{drift}{info}{_changes(m0, [ref])}",
+        data=c.to_dict() | {"attempts": c.batches, "settings": policy.detect.to_dict(), "why": f"{c.reason}; {against}",
+                            "reference_run": ref.run_id, "reference_artifact": ref.artifact_hash,
+                            "history": {"ratio": c_hist.ratio, "ci_low": c_hist.ci_low, "ci_high": c_hist.ci_high,
+                                        "verdict": c_hist.verdict.value, "baseline": how}},
+    )
+
+
+def judge_latency(store: ResultsStore, run_id: int, current: list[Measurement], policy: Policy,
+                  paired: Paired | None = None) -> VerdictRecord:
     last = current[-1]
     good = [m for m in current if m.ok and m.times_ms]
     if not good:
@@ -154,19 +237,30 @@ def judge_latency(store: ResultsStore, run_id: int, current: list[Measurement], 
             )
         return VerdictRecord(cell=m0.cell, kind="latency", verdict=NO_BASELINE, measurement_id=m0.id,
                              detail=f"no earlier measurement of this cell ({how}); this run starts the history")
+    return latency_verdict(good, base, how, policy, paired)
+
+
+def latency_verdict(good: list[Measurement], base: list[Measurement], how: str, policy: Policy,
+                    paired: Paired | None = None) -> VerdictRecord:
+    """The latency verdict on tonight's measured batches ``good`` (oldest first) against
+    the baseline's measurements ``base`` (described by ``how``): paired when ``paired`` has
+    batches, else the history's. The part of :func:`judge_latency` that needs no database,
+    so ``benchmarks/regression_detection.py`` judges its nights with it."""
+    m0 = good[-1]
     # one baseline session per earlier run (its re-measurements pooled); tonight's batches
     # are re-measurements of one session
-    sessions: dict[int, list[float]] = {}
-    for m in sorted(base, key=lambda m: (m.run_id or 0, m.attempt)):
-        sessions.setdefault(int(m.run_id or 0), []).extend(m.times_ms)
-    c = compare(list(sessions.values()), [m.times_ms for m in good], policy.detect)
+    sessions = _sessions(base)
+    c = compare(sessions, [m.times_ms for m in good], policy.detect)
+    if paired is not None and paired.reference is not None and paired.batches:
+        return _paired_verdict(m0, base, how, c, paired, policy)
     changed = _changes(m0, base)
+    fallback = f"; not paired: {paired.note}" if paired is not None and paired.note else ""
     if policy.pin is None and len(sessions) < policy.min_baseline_runs:
         return VerdictRecord(
             cell=m0.cell, kind="latency", verdict=NO_BASELINE, measurement_id=m0.id, ratio=c.ratio,
             baseline_ids=[int(m.id) for m in base if m.id is not None],
             detail=f"history has {len(sessions)} of the {policy.min_baseline_runs} runs needed to judge latency "
-                   f"({how}); {c.change:+.1%} vs them (informational){changed}",
+                   f"({how}); {c.change:+.1%} vs them (informational){changed}{fallback}",
             data=c.to_dict() | {"attempts": len(good), "settings": policy.detect.to_dict(),
                                 "why": f"building the baseline: {len(sessions)}/{policy.min_baseline_runs} runs"},
         )
@@ -174,7 +268,7 @@ def judge_latency(store: ResultsStore, run_id: int, current: list[Measurement], 
         cell=m0.cell, kind="latency", verdict=c.verdict.value, regression=c.verdict is Verdict.SLOWER,
         ratio=c.ratio, ci_low=c.ci_low, ci_high=c.ci_high, p_value=c.p_value,
         baseline_ids=[int(m.id) for m in base if m.id is not None], measurement_id=m0.id,
-        detail=f"{c.describe()}; {c.reason}; baseline: {how}{changed}",
+        detail=f"{c.describe()}; {c.reason}; baseline: {how} (history method){changed}{fallback}",
         data=c.to_dict() | {"attempts": len(good), "settings": policy.detect.to_dict(), "why": f"{c.reason}; {how}"},
     )
 
@@ -211,31 +305,45 @@ def judge_parity(current: list[Measurement]) -> VerdictRecord | None:
                          data={"max_abs_diff": m0.parity_max_diff, "tolerance": m0.parity_tolerance})
 
 
-def judge(store: ResultsStore, run_id: int, current: list[Measurement], policy: Policy) -> CellOutcome:
-    """Every verdict for one cell of ``run_id`` (``current``: its attempts, oldest first)."""
+def judge(store: ResultsStore, run_id: int, current: list[Measurement], policy: Policy,
+          paired: Paired | None = None) -> CellOutcome:
+    """Every verdict for one cell of ``run_id`` (``current``: its attempts, oldest first;
+    ``paired``: the baseline artifact's batches beside tonight's, when the nightly runner
+    has them)."""
     out = CellOutcome(cell=current[-1].cell, measurements=current)
     if not any(m.ok for m in current):
         out.verdicts.append(VerdictRecord(cell=out.cell, kind="run", verdict=FAILED, measurement_id=current[-1].id,
                                           detail=current[-1].error or "failed"))
-    out.verdicts.append(judge_latency(store, run_id, current, policy))
+    out.verdicts.append(judge_latency(store, run_id, current, policy, paired))
     for v in (judge_accuracy(store, run_id, current, policy), judge_parity(current)):
         if v is not None:
             out.verdicts.append(v)
     return out
 
 
+def batches_judged(outcome: CellOutcome) -> int:
+    """How many batches the latency verdict rests on: paired batches for the paired
+    method, every measurement of the cell for the history method."""
+    lat = outcome.latency
+    if lat is not None and lat.data.get("method") == "paired":
+        return int(lat.data.get("batches") or 0)
+    return len(outcome.measurements)
+
+
 def another_batch(outcome: CellOutcome, policy: Policy) -> str | None:
     """Why the cell should be measured once more before its verdict stands, or None.
 
-    An UNKNOWN latency verdict gets up to ``max_remeasure`` more batches, judged together
-    with the first; a first SLOWER is confirmed by one more batch (a fresh runner
-    process) before anyone is paged, so a slow episode of a shared machine has to last
-    across two processes to count.
+    An UNKNOWN latency verdict (a busy device included: the load may pass) gets up to
+    ``max_remeasure`` more batches, judged together with the first; a first SLOWER is
+    confirmed by one more batch (a fresh runner process) before anyone is paged, so a slow
+    episode of a shared machine, or a process that happens to favour one artifact, has to
+    last across two processes to count.
     """
-    if len(outcome.measurements) > policy.max_remeasure:
+    n = batches_judged(outcome)
+    if n > policy.max_remeasure:
         return None
     if outcome.unknown:
         return "measuring again"
-    if outcome.slower and len(outcome.measurements) == 1:
+    if outcome.slower and n == 1:
         return "confirming"
     return None

@@ -69,6 +69,61 @@ def measurements_from_summary(
     ]
 
 
+def run_status(summary: "CompileSummary") -> str:
+    """``incomplete`` for a stopped run, ``failed`` when every backend failed, else ``complete``."""
+    if summary.status != "complete":
+        return "incomplete"
+    failed = [b for b in summary.backends if b.error]
+    return "failed" if summary.backends and len(failed) == len(summary.backends) else "complete"
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """A compile/bench run's row, begun when the command starts (status ``running``)."""
+
+    path: Path
+    run_id: int
+
+
+def default_command() -> str | None:
+    return " ".join(["edgeprune", *sys.argv[1:]]) if sys.argv and "edgeprune" in sys.argv[0] else None
+
+
+def begin_recording(options: RecordOptions, kind: str, out_dir: Path | None = None, label: str | None = None,
+                    command: str | None = None) -> RecordedRun | None:
+    """Begin this run in ``options``' database as ``running``, with its output folder (a
+    killed run is recovered from it: :mod:`edgeprune.results.recover`, which the CLI runs
+    first). None when recording is off (``--db none``)."""
+    path = options.path
+    if path is None:
+        return None
+    with ResultsStore(path) as store:
+        run_id = store.begin_run(kind, command=command or default_command(), label=label, started=options.started,
+                                 out_dir=out_dir)
+    return RecordedRun(path, run_id)
+
+
+def finish_recording(run: RecordedRun | None, summary: "CompileSummary | None", status: str | None = None,
+                     note: str | None = None, local: bool | None = None) -> None:
+    """Store ``summary``'s measurements in ``run`` and end it (status from the summary
+    unless given). An incomplete run stores only the backends it measured."""
+    if run is None:
+        return
+    rows: list[Measurement] = []
+    if summary is not None:
+        status = status or run_status(summary)
+        only = None if status != "incomplete" else [b.name for b in summary.backends if b.ok]
+        rows = measurements_from_summary(summary, fingerprint.collect(), local, backends=only)
+        failed = [b for b in summary.backends if b.error]
+        note = note or ("; ".join(f"{b.name}: {b.error}" for b in failed)[:2000] or None)
+        if summary.stopped:
+            note = summary.stopped + (f"; {note}" if note else "")
+    with ResultsStore(run.path) as store:
+        for m in rows:
+            store.add_measurement(run.run_id, m)
+        store.finish_run(run.run_id, status or "failed", note)
+
+
 def record_summary(
     db: str | Path | None,
     summary: "CompileSummary",
@@ -77,25 +132,12 @@ def record_summary(
     local: bool | None = None,
     started: str | None = None,
 ) -> int | None:
-    """Store a compile/bench run and its measurements; returns the run id.
+    """Store a finished compile/bench run and its measurements at once; returns the run id.
 
     ``db`` None means ``$EDGEPRUNE_DB`` or ``./results.sqlite``; ``"none"`` disables
     recording (returns None). The run is ``complete`` when at least one backend was
     measured or only compile-verified, ``failed`` when every backend failed.
     """
-    path = default_db_path(db)
-    if path is None:
-        return None
-    host_env = fingerprint.collect()
-    rows = measurements_from_summary(summary, host_env, local)
-    if command is None:
-        command = " ".join(["edgeprune", *sys.argv[1:]]) if sys.argv and "edgeprune" in sys.argv[0] else None
-    with ResultsStore(path) as store:
-        run_id = store.begin_run(kind, env=host_env, command=command, label=summary.model, started=started)
-        for m in rows:
-            store.add_measurement(run_id, m)
-        failed = [b for b in summary.backends if b.error]
-        status = "failed" if summary.backends and len(failed) == len(summary.backends) else "complete"
-        note = "; ".join(f"{b.name}: {b.error}" for b in failed)[:2000] or None
-        store.finish_run(run_id, status, note)
-    return run_id
+    run = begin_recording(RecordOptions(db=db, started=started), kind, label=summary.model, command=command)
+    finish_recording(run, summary, local=local)
+    return run.run_id if run is not None else None

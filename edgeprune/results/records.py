@@ -96,6 +96,7 @@ class Run:
     command: str | None = None
     label: str | None = None
     note: str | None = None
+    out_dir: str | None = None  # compile/bench: where its summary.json and bundle/ are
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -100,8 +100,14 @@ _V2 = [
     "CREATE INDEX verdicts_run ON verdicts(run_id)",
 ]
 
+_V3 = [
+    # where a compile/bench run writes (summary.json, bundle/): a run whose process was
+    # killed is recovered from there (edgeprune.results.recover)
+    "ALTER TABLE runs ADD COLUMN out_dir TEXT",
+]
+
 #: schema version -> statements that upgrade from the version before it
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 #: columns a measurement row is inserted with (``id`` is assigned by SQLite)

@@ -36,6 +36,8 @@ RunKind = Literal["compile", "bench", "profile", "nightly"]
 RunStatus = Literal["running", "complete", "incomplete", "failed"]
 RUN_KINDS = ("compile", "bench", "profile", "nightly")
 FINAL_STATUSES = ("complete", "incomplete", "failed")
+#: the note of a run whose process ended while it was ``running`` (killed, crashed)
+REAPED_NOTE = "process ended without finishing the run"
 
 
 def default_db_path(explicit: str | os.PathLike | None = None) -> Path | None:
@@ -210,8 +212,10 @@ class ResultsStore:
         label: str | None = None,
         cwd: str | os.PathLike | None = None,
         started: str | None = None,
+        out_dir: str | os.PathLike | None = None,
     ) -> int:
-        """Create a run in status ``running`` (``started``: ISO time, default now); returns its id."""
+        """Create a run in status ``running`` (``started``: ISO time, default now); returns its id.
+        ``out_dir``: where the run writes its summary (a killed run is recovered from it)."""
         from edgeprune import __version__
         from edgeprune.results import fingerprint
 
@@ -221,9 +225,10 @@ class ResultsStore:
         with self.transaction() as db:
             cur = db.execute(
                 "INSERT INTO runs (kind, status, started, git_revision, edgeprune_version, env_json, env_hash, host, pid,"
-                " command, label) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " command, label, out_dir) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (kind, started or now(), git_revision(cwd), __version__, json.dumps(env, default=str),
-                 fingerprint.env_hash(env), socket.gethostname(), os.getpid(), command, label),
+                 fingerprint.env_hash(env), socket.gethostname(), os.getpid(), command, label,
+                 str(Path(out_dir).resolve()) if out_dir is not None else None),
             )
             return int(cur.lastrowid)
 
@@ -245,10 +250,21 @@ class ResultsStore:
                 for rid in stale:
                     db.execute(
                         "UPDATE runs SET status = 'incomplete', finished = COALESCE(finished, ?),"
-                        " note = COALESCE(note, 'process ended without finishing the run') WHERE id = ? AND status = 'running'",
-                        (now(), rid),
+                        " note = COALESCE(note, ?) WHERE id = ? AND status = 'running'",
+                        (now(), REAPED_NOTE, rid),
                     )
         return stale
+
+    def killed_runs(self) -> list[Run]:
+        """Runs marked ``incomplete`` by :meth:`reap_stale_runs` that have an output folder
+        and no measurement yet: a killed compile/bench whose finished jobs may be on disk."""
+        return [Run.from_row(r) for r in self._query(
+            "SELECT * FROM runs WHERE status = 'incomplete' AND out_dir IS NOT NULL AND note = ?"
+            " AND NOT EXISTS (SELECT 1 FROM measurements m WHERE m.run_id = runs.id) ORDER BY id", (REAPED_NOTE,))]
+
+    def set_note(self, run_id: int, note: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE runs SET note = ? WHERE id = ?", (note, run_id))
 
     def run(self, run_id: int) -> Run:
         rows = self._query("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -402,3 +418,14 @@ class ResultsStore:
             sql += " AND r.started >= ?"
             params.append(since)
         return [VerdictRecord.from_row(r) for r in self._query(sql + " ORDER BY v.id", params)]
+
+    def add_run_env(self, run_id: int, extra: dict[str, Any]) -> None:
+        """Merge ``extra`` into a run's ``env`` JSON: what a run learns as it goes that no
+        column holds (``edgeprune profile``: its latency table and points, under
+        ``"profile"``). The fingerprint hash is left as it was: the machine is the same."""
+        with self.transaction() as db:
+            row = db.execute("SELECT env_json FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise ResultsError(f"no run with id {run_id} in {self.path}")
+            env = json.loads(row[0] or "{}") | dict(extra)
+            db.execute("UPDATE runs SET env_json = ? WHERE id = ?", (json.dumps(env, default=str), run_id))

@@ -9,6 +9,11 @@ BUNDLE_DIR/results.jsonl at once (flushed and fsync'ed), so a killed runner keep
 job that finished. Jobs run in worker processes (:mod:`.worker`); ``--in-process`` runs
 everything in this process instead (debugging).
 
+A run belongs to the edgeprune process that started it: when that process is gone (the
+runner's parent changes: the CLI was killed, or the SSH session to the board dropped),
+the runner stops its whole process group (:func:`watch_parent`), so a killed CLI never
+leaves a board timing for nobody, unlocked, beside the next run.
+
 Exit code: 0 if every job ran, 1 if any job failed, 2 on a bad manifest or usage.
 Progress lines on stdout start with ``edgeprune-runner: `` (the SSH executor relays them).
 """
@@ -17,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+import time
 
 from .errors import ManifestError
 from .job import run_job
@@ -57,6 +65,32 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: how often the runner checks that the process that started it is still there
+PARENT_POLL_S = 0.5
+
+
+def watch_parent(poll_s: float = PARENT_POLL_S) -> threading.Thread:
+    """A daemon thread that ends this process group once the parent process is gone
+    (re-parented to init or a subreaper): finished jobs are already in results.jsonl."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        log("the process that started this run is gone; stopping (finished jobs are kept)")
+        try:
+            if os.getpgrp() == os.getpid():  # our own group (local session / SSH launcher): workers too
+                os.killpg(os.getpgrp(), signal.SIGTERM)
+            else:
+                os.kill(os.getpid(), signal.SIGTERM)
+        except OSError:
+            os._exit(143)
+
+    t = threading.Thread(target=watch, name="edgeprune-parent-watch", daemon=True)
+    t.start()
+    return t
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
@@ -76,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker_fd is not None:  # internal: run jobs, stream results to the parent
         return serve(args.worker_fd, jobs, bundle, env)
 
+    if os.name == "posix":
+        watch_parent()
     n = len(jobs)
     counts = {"done": 0, "failed": 0}
 

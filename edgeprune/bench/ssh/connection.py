@@ -31,6 +31,7 @@ from edgeprune.bench.ssh.command import CommandResult, build_command
 from edgeprune.bench.ssh.host_keys import HostKeyPolicy, mismatch_error
 from edgeprune.config.devices import Device
 from edgeprune.errors import DeviceError
+from edgeprune.signals import StopFlag
 
 #: Failures worth a retry (connect) or a reconnect to rescue results (executor).
 TRANSIENT: tuple[type[BaseException], ...] = (OSError, EOFError, paramiko.SSHException)
@@ -180,14 +181,15 @@ class SSHConnection:
     def run(self, argv: list[str], timeout_s: float, env: dict[str, str] | None = None,
             stdin: bytes | None = None, on_stderr_line: Callable[[str], None] | None = None,
             on_stdout_line: Callable[[str], None] | None = None,
-            start_clock: Callable[[str], bool] | None = None) -> CommandResult:
+            start_clock: Callable[[str], bool] | None = None, stop: StopFlag | None = None) -> CommandResult:
         """Run ``argv`` on the device; the command line is :func:`build_command` of it.
 
         Output is streamed: ``on_stdout_line`` / ``on_stderr_line`` see each line as it
         arrives (progress, protocol markers). ``start_clock(line)`` may return True for a
         stderr line that starts the timeout, so time spent waiting for the board lock
         does not count against the run. A timeout or a lost connection returns
-        ``exit_code=None``; killing what still runs there is the caller's business.
+        ``exit_code=None``; killing what still runs there is the caller's business, as on
+        a stop (a signal, or ``stop`` set while this runs in a worker thread).
         """
         cmd = build_command(argv, env or {})
         transport = self.transport
@@ -199,6 +201,18 @@ class SSHConnection:
         out = _Lines(on_stdout_line)
         err = _Lines(on_stderr_line, start_clock)
         deadline = None if start_clock else time.monotonic() + timeout_s
+        timed_out = False
+        try:
+            code, timed_out = self._pump(chan, transport, out, err, timeout_s, deadline, stop)
+        finally:  # also on Ctrl-C: the channel goes, the transport stays usable to stop the run
+            chan.close()
+        return CommandResult(code, out.text(), err.text(), timed_out)
+
+    @staticmethod
+    def _pump(chan, transport, out: "_Lines", err: "_Lines", timeout_s: float,
+              deadline: float | None, stop: StopFlag | None) -> tuple[int | None, bool]:
+        """Feed the channel's output to the line handlers until it exits, the connection
+        drops or the deadline passes: (exit code or None, timed out)."""
         timed_out = False
         while True:
             got = False
@@ -217,10 +231,10 @@ class SSHConnection:
                 timed_out = True
                 break
             if not got:
+                if stop is not None:
+                    stop.check()
                 time.sleep(0.02)
-        code = chan.recv_exit_status() if chan.exit_status_ready() else None
-        chan.close()
-        return CommandResult(code, out.text(), err.text(), timed_out)
+        return (chan.recv_exit_status() if chan.exit_status_ready() else None), timed_out
 
     # --- files ------------------------------------------------------------------------
     def home(self) -> str:

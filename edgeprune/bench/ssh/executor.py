@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.bench.bundle import RESULTS_FILE, RUNNER_FILE, BenchJob, JobResult
-from edgeprune.bench.executor import Executor, complete_results, manifest_jobs, parse_results
+from edgeprune.bench.executor import Executor, RunnerInterrupted, complete_results, manifest_jobs, parse_results
 from edgeprune.bench.ssh.command import last_message, valid_env_name
 from edgeprune.bench.ssh.connection import TRANSIENT, SSHConnection, describe
 from edgeprune.bench.ssh.limits import PROCESS_BOARD_SLOTS, BoardKey, BoardSlots
@@ -48,7 +48,8 @@ from edgeprune.bench.ssh.scripts import (
     PGID_MARKER,
 )
 from edgeprune.config.devices import Device
-from edgeprune.errors import BenchError, ConfigError, DeviceError, EdgepruneError
+from edgeprune.errors import BenchError, ConfigError, DeviceError, EdgepruneError, Interrupted
+from edgeprune.signals import StopFlag
 
 Log = Callable[[str], None]
 
@@ -105,7 +106,8 @@ class SSHExecutor(Executor):
         return self._probe
 
     # --- run --------------------------------------------------------------------------
-    def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None) -> list[JobResult]:
+    def run_bundle(self, bundle_dir: Path, timeout_s: float, only: list[str] | None = None,
+                   stop: StopFlag | None = None) -> list[JobResult]:
         bundle_dir = Path(bundle_dir)
         jobs = [BenchJob.from_dict(j) for j in manifest_jobs(bundle_dir)]
         if only:
@@ -118,10 +120,10 @@ class SSHExecutor(Executor):
         board = BoardKey.of(conn.addr, self.device.workdir)
         with self.slots.hold(board, self.device.concurrency, on_wait=lambda: self.log(
                 f"device '{self.name}' is busy with another run of this process; waiting ...")):
-            return self._run_holding_slot(conn, bundle_dir, jobs, timeout_s, partial=bool(only))
+            return self._run_holding_slot(conn, bundle_dir, jobs, timeout_s, partial=bool(only), stop=stop)
 
     def _run_holding_slot(self, conn: SSHConnection, bundle_dir: Path, jobs: list[BenchJob], timeout_s: float,
-                          partial: bool) -> list[JobResult]:
+                          partial: bool, stop: StopFlag | None = None) -> list[JobResult]:
         dev = self.device
         local_results = bundle_dir / RESULTS_FILE
         if not partial and local_results.exists():
@@ -146,11 +148,19 @@ class SSHExecutor(Executor):
                     posixpath.join(remote_dir, RUNNER_FILE), remote_dir]
             if partial or len(runnable) != len(jobs):
                 argv += ["--only", *(j.id for j in runnable)]
-            outcome = self._execute(conn, argv, timeout_s)
+            outcome = self._execute(conn, argv, timeout_s, stop)
             results = self._download_results(conn, remote_dir, bundle_dir)
             self._write_log(bundle_dir, outcome)
         except EdgepruneError:
             raise
+        except KeyboardInterrupt as exc:  # the runner is stopped (_execute); fetch what it finished
+            results = []
+            if remote_dir is not None:
+                try:
+                    results = self._download_results(conn, remote_dir, bundle_dir)
+                except (EdgepruneError, *TRANSIENT):
+                    pass
+            raise RunnerInterrupted(Interrupted.of(exc), results) from None
         except TRANSIENT as exc:
             # The connection broke mid-run: reconnect once to rescue finished results.
             self.log(f"device '{dev.name}': connection lost ({describe(exc)}); fetching finished results ...")
@@ -205,7 +215,8 @@ class SSHExecutor(Executor):
         self.log(f"uploaded bundle to {dev.name}:{remote_dir} ({sent / 1e6:.1f} MB, {time.monotonic() - t0:.1f} s)")
         return remote_dir
 
-    def _execute(self, conn: SSHConnection, argv: list[str], timeout_s: float) -> _Outcome:
+    def _execute(self, conn: SSHConnection, argv: list[str], timeout_s: float, stop: StopFlag | None = None
+                 ) -> _Outcome:
         dev = self.device
         pgid: list[int] = []
 
@@ -219,15 +230,16 @@ class SSHExecutor(Executor):
             if line.startswith(_RUNNER_PROGRESS):
                 self.log(f"{dev.name}: {line[len(_RUNNER_PROGRESS):]}")
 
-        r = conn.run(argv, timeout_s, env=dict(dev.env), on_stderr_line=on_err, on_stdout_line=on_out,
-                     start_clock=lambda line: line.startswith(PGID_MARKER))
+        try:
+            r = conn.run(argv, timeout_s, env=dict(dev.env), on_stderr_line=on_err, on_stdout_line=on_out,
+                         start_clock=lambda line: line.startswith(PGID_MARKER), stop=stop)
+        except KeyboardInterrupt:  # stopped here: stop the runner's group on the board too
+            self.log(f"device '{dev.name}': stopping the runner on the board (finished jobs are kept) ...")
+            self._kill_remote(conn, pgid)
+            raise
         if r.timed_out:
             self.log(f"device '{dev.name}': run exceeded {timeout_s:.0f} s; killing it (finished jobs are kept)")
-            if pgid:
-                try:
-                    conn.run([dev.python, "-c", KILLER, str(pgid[0])], min(dev.command_timeout_s, 60.0))
-                except TRANSIENT:
-                    pass
+            self._kill_remote(conn, pgid)
             return _Outcome(None, r.stdout, r.stderr, timed_out=True)
         if r.exit_code is None:
             return _Outcome(None, r.stdout, r.stderr or "connection to the board lost", lost=True)
@@ -237,6 +249,15 @@ class SSHExecutor(Executor):
                 f"another run holds {dev.workdir}/{LOCK_FILES}; try again later",
             )
         return _Outcome(r.exit_code, r.stdout, r.stderr)
+
+    def _kill_remote(self, conn: SSHConnection, pgid: list[int]) -> None:
+        """SIGTERM, then SIGKILL, to the run's process group on the board (KILLER)."""
+        if not pgid:
+            return  # the launcher had not started the runner yet: the closed channel ends it
+        try:
+            conn.run([self.device.python, "-c", KILLER, str(pgid[0])], min(self.device.command_timeout_s, 60.0))
+        except TRANSIENT:
+            pass
 
     def _download_results(self, conn: SSHConnection, remote_dir: str, bundle_dir: Path) -> list[JobResult]:
         """This run's results.jsonl from the board, appended to the local one."""

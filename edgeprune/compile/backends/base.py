@@ -67,6 +67,15 @@ class Backend(ABC):
     name: str = ""
     #: pip package that provides the runtime on a device (for error hints)
     runtime_package: str = ""
+    #: precisions this backend can *run* an fp32 artifact at (``--precision``); "int8"
+    #: artifacts come from a quantized model instead (compile.quantize.INT8_BACKENDS)
+    precisions: tuple[str, ...] = ("fp32",)
+
+    def runtime_options(self, target: "Target", threads: int | None = None, precision: str = "fp32") -> dict[str, Any]:
+        """The options the runner applies to this backend's artifact (threads, hints and
+        ``precision``, which the runner always sets explicitly): for a build and for a
+        user's prebuilt artifact alike, so both run the same way."""
+        return {"precision": precision}
 
     @abstractmethod
     def version(self) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from edgeprune.compile.backends.base import BACKENDS, Artifact, Backend, dist_version, one_line
 from edgeprune.errors import BackendError
@@ -33,6 +33,15 @@ class OnnxRuntimeBackend(Backend):
         if target.arch not in ("x86_64", "aarch64"):
             return False, f"no ONNX Runtime wheel for architecture {target.arch}"
         return True, ""
+
+    def runtime_options(self, target: "Target", threads: int | None = None, precision: str = "fp32") -> dict[str, Any]:
+        # "precision" is the ONNX file's own: ORT runs the graph's types (fp32, or int8 for a QDQ file)
+        options: dict[str, Any] = {"graph_optimization_level": "all", "intra_op_num_threads": target.num_cores()}
+        options.update(target.options_for(self.name))
+        if threads:
+            options["intra_op_num_threads"] = int(threads)
+        options["precision"] = precision
+        return options
 
     def build(self, onnx_path: Path, target: "Target", out_dir: Path, threads: int | None = None) -> Artifact:
         version = self.version()
@@ -56,10 +65,7 @@ class OnnxRuntimeBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - reported as one line
             raise BackendError(f"onnxruntime build for target {target.name} failed: {one_line(exc)}") from exc
 
-        options = {"graph_optimization_level": "all", "intra_op_num_threads": target.num_cores()}
-        options.update(target.options_for(self.name))
-        if threads:
-            options["intra_op_num_threads"] = int(threads)
+        options = self.runtime_options(target, threads)
         notes = []
         if target.accelerator != "none":
             notes.append(f"runs on the CPU cores of {target.name} (CPUExecutionProvider); the {target.accelerator} "

@@ -4,8 +4,15 @@ The IR is portable between x86_64 and aarch64 CPUs; the CPU plugin compiles it f
 machine when the runner loads it. Two defaults matter for parity with the reference:
 
 * weights are saved in FP32 (``save_model`` compresses to FP16 unless told not to);
-* ``INFERENCE_PRECISION_HINT: f32``: on CPUs with AVX512-BF16/AMX the CPU plugin
-  otherwise silently infers in bfloat16 (outputs then differ by ~1e-2).
+* the precision is always explicit (``precision`` in the runtime options, which the
+  runner turns into ``INFERENCE_PRECISION_HINT``): on CPUs with AVX512-BF16/AMX the CPU
+  plugin otherwise silently infers in bfloat16 (outputs then differ by ~1e-2), and on
+  ARM with FP16 arithmetic in f16. A prebuilt IR (``bench --artifact``) gets the same
+  options as a built one (:meth:`OpenVinoBackend.runtime_options`).
+
+bf16 and fp16 are *run* precisions of the same fp32 IR (``compile --precision bf16``):
+the CPU plugin converts at compile time on the device, where the CPU has the
+instructions (edgeprune.runner.adapters.precision.NATIVE_FLAGS).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ def _normalise(options: dict[str, Any]) -> dict[str, Any]:
 class OpenVinoBackend(Backend):
     name = "openvino"
     runtime_package = "openvino"
+    precisions = ("fp32", "bf16", "fp16")
 
     def version(self) -> str:
         return dist_version(self.name, ("openvino",), "openvino")
@@ -43,6 +51,19 @@ class OpenVinoBackend(Backend):
         if target.arch not in ("x86_64", "aarch64"):
             return False, f"OpenVINO has no CPU plugin for {target.arch}"
         return True, ""
+
+    def runtime_options(self, target: "Target", threads: int | None = None, precision: str = "fp32") -> dict[str, Any]:
+        options: dict[str, Any] = {"device": "CPU", "PERFORMANCE_HINT": "LATENCY",
+                                   "INFERENCE_NUM_THREADS": target.num_cores()}
+        target_opts = _normalise(target.options_for(self.name))
+        if "INFERENCE_PRECISION_HINT" in target_opts:  # one source of truth: the artifact's precision
+            raise BackendError(f"target {target.name} sets openvino inference_precision_hint; the precision is "
+                               "chosen per artifact", "remove it from the target file and use --precision")
+        options.update(target_opts)
+        if threads:
+            options["INFERENCE_NUM_THREADS"] = int(threads)
+        options["precision"] = precision
+        return options
 
     def build(self, onnx_path: Path, target: "Target", out_dir: Path, threads: int | None = None) -> Artifact:
         version = self.version()
@@ -61,16 +82,7 @@ class OpenVinoBackend(Backend):
             raise BackendError(f"openvino build for target {target.name} failed: {one_line(exc)}") from exc
         bin_ = xml.with_suffix(".bin")
         files = [xml] + ([bin_] if bin_.exists() else [])
-
-        options: dict[str, Any] = {
-            "device": "CPU",
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_NUM_THREADS": target.num_cores(),
-            "INFERENCE_PRECISION_HINT": "f32",
-        }
-        options.update(_normalise(target.options_for(self.name)))
-        if threads:
-            options["INFERENCE_NUM_THREADS"] = int(threads)
+        options = self.runtime_options(target, threads)
         return Artifact(
             backend=self.name,
             path=xml,

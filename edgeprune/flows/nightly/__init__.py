@@ -17,23 +17,29 @@ The matrix file (``nightly.yaml``)::
     bench: {warmup: 5, min_runs: 50, min_time_s: 0.5}   # + rounds: 3, steady_gate: false
     detection: {min_effect: 0.03, confidence: 0.99, max_remeasure: 2, accuracy_tolerance: 0.5}
     baseline: {runs: 5}          # or {pin: 42}: compare against run 42
+                                 # + retime: true, rounds: 6, keep: 3, artifacts: DIR
 
 Execution: devices run in parallel (one thread each); the cells of one device run one at
 a time. Every ``kind: local`` device is this machine, so a host-wide lock lets only one
 of them (in any process) time at once; SSH boards have their own per-board lock. Every
-cell is stored the moment it is measured. An UNKNOWN latency verdict triggers up to ``max_remeasure`` new measurements of
-that cell (the artifact is reused), judged together with the first; a first SLOWER verdict
-is confirmed by one such measurement before it is reported (a slow episode of a shared
-machine then has to last across two runner processes to page anyone).
+cell is stored the moment it is measured. Each good night's artifact is kept beside the
+database (:mod:`.keep`); later nights time the baseline's artifact interleaved with their
+own in *paired* batches (:mod:`.pair`) and are judged on the paired difference, so a busy
+host cannot fake a regression (:mod:`edgeprune.results.paired`; without a kept artifact the
+history judges). An UNKNOWN latency verdict (a busy device included) triggers up to
+``max_remeasure`` more batches of that cell (artifacts reused), judged together with the
+first; a first SLOWER verdict is confirmed by one such batch before it is reported (a slow
+episode of a shared machine then has to last across two runner processes to page anyone).
 
 Exit status (:attr:`NightlyResult.exit_code`): 0 nothing regressed, 1 a latency,
 accuracy or parity regression, 2 the run itself failed (a cell could not be measured,
 or the run was interrupted); cells that completed are stored and reported either way.
 
 Parts: :mod:`.matrix` (the file, its cells, shards), :mod:`.cell` (compile, measure,
-re-measure and judge one cell), :mod:`.run` (devices in parallel, interrupts, the run's
-status, reports). The statistics and the judging rules are the results layer's
-(:mod:`edgeprune.results.detect`, :mod:`edgeprune.results.evaluate`).
+re-measure and judge one cell), :mod:`.keep` (kept artifacts), :mod:`.pair` (one paired
+batch), :mod:`.run` (devices in parallel, interrupts, the run's status, reports). The
+statistics and the judging rules are the results layer's (:mod:`edgeprune.results.detect`,
+:mod:`edgeprune.results.paired`, :mod:`edgeprune.results.evaluate`).
 """
 
 from edgeprune.flows.nightly.matrix import Cell, NightlyConfig, NightlyFile, expand, load_matrix, shard

@@ -77,6 +77,9 @@ class DetectionSpec(BaseModel):
     same_confidence: float = Field(0.90, gt=0.5, lt=1)
     alpha: float = Field(0.01, gt=0, lt=0.5)
     run_noise: float = Field(0.01, ge=0, lt=1, description="prior between-run noise (sd of log medians)")
+    pair_noise: float = Field(0.005, ge=0, lt=1, description="prior noise of a paired batch (sd of log ratios)")
+    busy_noise: float = Field(0.03, gt=0, lt=1, description="pairs scattering more than this: device busy")
+    busy_shift: float = Field(0.25, gt=0, description="baseline artifact this much slower than its history: busy")
     statistic: Literal[tuple(STATISTICS)] = Field(  # type: ignore[valid-type]
         "p10", description="per-run location compared: a low quantile (steady on busy machines) or the median")
     max_remeasure: int = Field(2, ge=0, le=10)
@@ -89,6 +92,10 @@ class BaselineSpec(BaseModel):
     runs: int = Field(5, ge=1, le=100, description="compare with the last N good runs of the cell")
     min_runs: int = Field(3, ge=1, le=100, description="judge latency only once this many earlier runs exist")
     pin: int | None = Field(None, ge=1, description="compare with this run id instead")
+    retime: bool = Field(True, description="time the baseline's kept artifact beside tonight's (paired verdicts)")
+    rounds: int = Field(6, ge=2, le=40, description="alternating rounds of a paired batch")
+    artifacts: str | None = Field(None, description="where artifacts are kept (default: beside the database)")
+    keep: int = Field(3, ge=1, le=100, description="artifacts kept per cell")
 
 
 class CellFilter(BaseModel):
@@ -183,14 +190,25 @@ class NightlyConfig:
         d = self.spec.detection
         return Policy(
             detect=DetectSettings(min_effect=d.min_effect, confidence=d.confidence, same_confidence=d.same_confidence,
-                                  alpha=d.alpha, run_noise=d.run_noise, statistic=d.statistic),
+                                  alpha=d.alpha, run_noise=d.run_noise, statistic=d.statistic,
+                                  pair_noise=d.pair_noise, busy_noise=d.busy_noise, busy_shift=d.busy_shift),
             baseline_runs=self.spec.baseline.runs,
             min_baseline_runs=min(self.spec.baseline.min_runs, self.spec.baseline.runs),
             pin=pin if pin is not None else self.spec.baseline.pin,
             accuracy_tolerance=d.accuracy_tolerance,
             max_remeasure=d.max_remeasure,
             fail_on_unknown=d.fail_on_unknown,
+            retime=self.spec.baseline.retime,
+            pair_rounds=self.spec.baseline.rounds + self.spec.baseline.rounds % 2,  # even: both go first equally
         )
+
+    def artifacts_dir(self, db: Path) -> Path:
+        """Where the cells' artifacts are kept: ``baseline.artifacts`` (relative to this
+        file), else beside the results database (``results.sqlite.artifacts``)."""
+        if self.spec.baseline.artifacts:
+            p = Path(self.spec.baseline.artifacts).expanduser()
+            return p if p.is_absolute() else self.path.parent / p
+        return db.with_name(db.name + ".artifacts")
 
 
 def _line_of(node: Any, *path: Any) -> int | None:

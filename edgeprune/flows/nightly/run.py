@@ -14,6 +14,7 @@ from pathlib import Path
 
 from edgeprune.errors import EXIT_FAILED, EXIT_OK, EXIT_REGRESSION, ConfigError  # the nightly exit contract
 from edgeprune.flows.nightly.cell import CellRunner
+from edgeprune.flows.nightly.keep import ArtifactKeep
 from edgeprune.flows.nightly.matrix import Cell, NightlyConfig, load_matrix, shard
 from edgeprune.results import fingerprint
 from edgeprune.results.evaluate import CellOutcome, Policy
@@ -53,8 +54,10 @@ class NightlyRunner:
     """Runs the cells of a matrix into one run of a results store."""
 
     def __init__(self, cfg: NightlyConfig, store: ResultsStore, work_dir: Path, policy: Policy, log: Log,
-                 command: str | None = None, accept_new_host_key: bool = False) -> None:
+                 command: str | None = None, accept_new_host_key: bool = False,
+                 keep: ArtifactKeep | None = None) -> None:
         self.cfg, self.store, self.work_dir, self.policy, self.log = cfg, store, work_dir, policy, log
+        self.keep = keep
         self.command = command
         self.accept_new_host_key = accept_new_host_key  # --insecure-accept-new-host-key, onto each device
         self.stop = threading.Event()
@@ -99,7 +102,7 @@ class NightlyRunner:
                                            cwd=self.cfg.path.parent)
         runner = CellRunner(self.store, self.run_id, self.policy, self.work_dir, devices_file=self.cfg.devices_file,
                             accept_new_host_key=self.accept_new_host_key, host_env=self.host_env, stop=self.stop,
-                            say=self._say)
+                            say=self._say, keep=self.keep)
         by_device: dict[str, list[Cell]] = {}
         for c in cells:
             by_device.setdefault(c.device, []).append(c)
@@ -169,8 +172,9 @@ def run_nightly(
             store.run(policy.pin)  # fails clearly when the pinned run does not exist
         # a folder per invocation, so concurrent nightly runs never share bundles
         root = work_dir or Path("out") / "nightly"
+        keep = ArtifactKeep(cfg.artifacts_dir(db), cfg.spec.baseline.keep) if policy.retime else None
         runner = NightlyRunner(cfg, store, root / f"run-{os.getpid()}-{int(time.time())}", policy, log, command,
-                               accept_new_host_key)
+                               accept_new_host_key, keep)
         try:
             result = runner.run(cells)
         finally:

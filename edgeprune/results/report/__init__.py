@@ -2,8 +2,11 @@
 
     data.py         ReportData: what a report shows (cells, their status, history, runs)
     gather.py       gather(store, ...) -> ReportData; Pareto points of pruned variants
-    staircase.py    per-layer latency staircases, read through the latency-table store
-    plots.py        the figures (matplotlib -> base64 PNG)
+    staircase.py    the reported models' own layer staircases, read through the latency-table store
+    figure.py       matplotlib set-up, axis style, palette, PNG encoding shared by the figures
+    timeaxis.py     time ticks fitted to a history's span (one run: one tick)
+    plots.py        latency over time (a panel per backend) and the Pareto front (base64 PNG)
+    stair_plots.py  per-layer staircases with their rounds, curve and noise band
     text.py         number formats shared by every renderer
     render_html.py  render_md.py  render_json.py (JSON + JUnit)
     render.py       render(data, fmt), write_reports(data, folder, formats)

@@ -17,7 +17,7 @@ from edgeprune.results.records import Cell, Measurement, Run, VerdictRecord, cel
 STATUS_ORDER = ("regression", "failed", "unknown", "improved", "new-series", "no-baseline", "ok", "skipped")
 STATUS_LABEL = {
     "regression": "regression", "failed": "failed", "unknown": "inconclusive", "improved": "faster",
-    "new-series": "new series", "no-baseline": "first run", "ok": "ok", "skipped": "not timed",
+    "new-series": "new series", "no-baseline": "no baseline yet", "ok": "ok", "skipped": "not timed",
 }
 STATUS_EMOJI = {
     "regression": "🔴", "failed": "⛔", "unknown": "🟡", "improved": "🟢", "new-series": "🔵",
@@ -46,13 +46,60 @@ class Point:
 
 
 @dataclass
-class LutCurve:
-    """A latency-vs-channels staircase of one layer family from a latency table."""
+class StairAxis:
+    """One varying channel axis of a layer's latency table, as the predictor uses it.
 
-    title: str
-    axis: str  # "output channels" | "input channels"
+    ``widths``/``ms``: the measured points (each the fast-state median of its rounds);
+    ``rounds``: every round behind each point, so the noise of a point shows as noise;
+    ``curve_*``: what the predictor answers for every width (measured, or linear inside
+    an interval), ``tol`` the relative difference the table treats as noise,
+    ``estimated`` the intervals no measurement confirmed, ``spikes`` points that stick
+    out from two agreeing neighbours while their own rounds disagree (likely a burst of
+    noise), ``confirmed`` points that stick out too but on which several rounds agree
+    (real: e.g. a faster kernel at that width), ``steps`` the fast side of each located
+    step."""
+
+    label: str  # "output channels (input 32)"
+    full: int  # the layer's width in the model
     widths: list[int]
     ms: list[float]
+    rounds: list[list[float]]
+    curve_widths: list[int]
+    curve_ms: list[float]
+    tol: float
+    estimated: list[tuple[int, int]] = field(default_factory=list)
+    spikes: list[int] = field(default_factory=list)
+    confirmed: list[int] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+
+
+@dataclass
+class LayerStairs:
+    """The latency table of one layer of the reported model (layers with the same shape
+    share one table: ``layers`` lists them all)."""
+
+    layers: list[str]
+    shape: str  # "conv 3×3 32→64 @ 16×16"
+    mode: str  # which widths vary: out, in, both, depthwise, tied
+    full_ms: float | None
+    axes: list[StairAxis]
+
+    @property
+    def title(self) -> str:
+        more = f" (+{len(self.layers) - 1} same-shape layer{'s' * (len(self.layers) > 2)})" if len(self.layers) > 1 else ""
+        return f"{self.layers[0]}{more} · {self.shape}"
+
+
+@dataclass
+class StairSet:
+    """The staircases of one model in one latency table (target, device, backend)."""
+
+    model: str
+    context: str  # "onnxruntime 1.32.0 on host/local · 2 threads · kernel timing"
+    updated: str
+    layers: list[LayerStairs]
+    total_layers: int  # layers of the model (``layers`` may be the costliest of them)
+    lanes: int = 8
 
 
 @dataclass
@@ -162,7 +209,8 @@ class ReportData:
     run: Run | None
     rows: list[CellRow]
     runs: list[Run]
-    luts: list[LutCurve] = field(default_factory=list)
+    staircases: list[StairSet] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # why an optional section is missing
     settings: dict[str, Any] = field(default_factory=dict)
     pareto: ParetoPoints = field(default_factory=dict)
 
@@ -182,6 +230,8 @@ class ReportData:
         n = len(self.rows)
         regs, failed = self.count("regression"), self.count("failed")
         if not n:
+            if self.run is not None:
+                return f"run #{self.run.id} ({self.run.kind}) {self.run.status}: nothing measured"
             return "no measurements in this window"
         parts = []
         if regs:
@@ -190,25 +240,37 @@ class ReportData:
             parts.append(f"{failed} failed")
         if self.count("unknown"):
             parts.append(f"{self.count('unknown')} inconclusive")
+        if self.count("skipped"):
+            parts.append(f"{self.count('skipped')} not timed")
         if self.count("improved"):
             parts.append(f"{self.count('improved')} faster")
+        if not parts and all(r.status in ("no-baseline", "new-series") for r in self.rows):
+            return f"{n} cell{'s' * (n != 1)} measured, too few earlier runs to judge yet"
         if not parts:
             parts.append("no regressions")
         return ", ".join(parts) + f" in {n} cell{'s' * (n != 1)}"
 
     @property
     def level(self) -> str:
-        if self.count("regression"):
+        """The banner's colour, by the worst verdict: ``bad`` (red) for a regression, a
+        cell that could not be measured or a failed run; ``warn`` (amber) for an inconclusive or untimed
+        cell or a run that did not complete; ``info`` (neutral) when every cell is a first
+        run or a new series (nothing to compare with yet); ``good`` (green) otherwise."""
+        if self.count("regression") or self.count("failed") or (self.run is not None and self.run.status == "failed"):
             return "bad"
-        if self.count("failed") or (self.run is not None and self.run.status not in ("complete", "running")):
+        if self.count("unknown") or self.count("skipped") or (
+                self.run is not None and self.run.status not in ("complete", "running")):
             return "warn"
+        if self.rows and all(r.status in ("no-baseline", "new-series") for r in self.rows):
+            return "info"
         return "good"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": "edgeprune-report", "version": 1, "title": self.title, "generated": self.generated,
             "edgeprune_version": __version__, "db": self.db, "since": self.since,
-            "run": self.run.to_dict() if self.run else None, "headline": self.headline, "counts": self.counts,
+            "run": self.run.to_dict() if self.run else None, "headline": self.headline, "level": self.level,
+            "counts": self.counts,
             "regressions": [{"cell": r.name, "kind": v.kind, "verdict": v.verdict, "detail": v.detail,
                              "ratio": v.ratio, "ci": [v.ci_low, v.ci_high]} for r, v in self.regressions],
             "cells": [r.to_dict() for r in self.rows],

@@ -18,7 +18,7 @@ import numpy as np
 from edgeprune.results.evaluate import Policy, judge
 from edgeprune.results.records import Cell, Measurement, VerdictRecord, now, parse_time
 from edgeprune.results.report.data import STATUS_ORDER, CellRow, ParetoPoints, Point, ReportData
-from edgeprune.results.report.staircase import load_luts
+from edgeprune.results.report.staircase import load_staircases
 from edgeprune.results.store import ResultsStore, parse_since
 
 
@@ -49,7 +49,8 @@ def gather(
 ) -> ReportData:
     """Collect what a report shows. ``run_id`` None: the newest nightly run, else the
     newest run; its cells' history reaches back ``since`` (``30d``, ``12h``, ISO date).
-    ``lut_dirs``: latency-table roots to draw staircases from (default: the LUT cache)."""
+    ``lut_dirs``: latency-table roots to draw the reported models' layer staircases from
+    (default: the LUT cache)."""
     since_iso = parse_since(since)
     run = store.run(run_id) if run_id is not None else (store.latest_run("nightly") or store.latest_run())
     runs = store.runs(since=since_iso)
@@ -82,12 +83,13 @@ def gather(
             hist = [m for m in hist if parse_time(m.created) <= parse_time(run.finished or now())] or hist
         r.history = _points(hist + [m for m in r.measurements if m not in hist], lat_by_run)
     rows.sort(key=lambda r: (STATUS_ORDER.index(r.status), r.device, r.model, r.target, r.backend, r.variant))
-    luts = load_luts(lut_dirs, {r.device for r in rows}, {r.target for r in rows})
+    notes: list[str] = []
+    stairs = load_staircases(lut_dirs, {r.cell[:4] for r in rows}, notes)
     pareto = pareto_points(store.measurements(since=since_iso))
     return ReportData(
         title=title or ("edgeprune nightly report" if run is not None and run.kind == "nightly" else "edgeprune report"),
-        generated=now(), db=str(store.path), since=since_iso, run=run, rows=rows, runs=runs[:50], luts=luts,
-        settings=_settings(rows, policy), pareto=pareto,
+        generated=now(), db=str(store.path), since=since_iso, run=run, rows=rows, runs=runs[:50], staircases=stairs,
+        settings=_settings(rows, policy), pareto=pareto, notes=notes,
     )
 
 

@@ -1,8 +1,9 @@
 """The HTML report: one self-contained file (CSS inline, plots as base64 PNGs) with a
-status banner, the summary table, latency over time per device and model with
-regressions marked, the accuracy-vs-latency Pareto front of pruned variants (when there
-are any), the per-layer latency staircases of measured lookup tables (when there are
-any), run history and the detection method."""
+status banner coloured by the worst verdict, the summary table, latency over time per
+device and model (one panel per backend, each on its own scale) with regressions
+marked, the accuracy-vs-latency Pareto front of pruned variants (when there are any),
+the per-layer latency staircases of the reported models' own layers (when their
+latency tables exist), run history and the detection method."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from edgeprune import __version__
 from edgeprune.paths import package_data
 from edgeprune.results.records import parse_time
 from edgeprune.results.report.data import STATUS_LABEL, ReportData
-from edgeprune.results.report.plots import latency_figures, lut_figures, pareto_figures
+from edgeprune.results.report.plots import latency_figures, pareto_figures
+from edgeprune.results.report.stair_plots import stair_figures
 from edgeprune.results.report.text import env_lines, fmt_accuracy, fmt_change, fmt_ci, fmt_ms, fmt_parity, fmt_pct
 
 
@@ -24,7 +26,7 @@ def render_html(data: ReportData) -> str:
     run = data.run
     return env.get_template("report.html.j2").render(
         d=data, run=run, rows=data.rows, counts=data.counts, label=STATUS_LABEL,
-        latency_figs=latency_figures(data), pareto_figs=pareto_figures(data), lut_figs=lut_figures(data),
+        latency_figs=latency_figures(data), pareto_figs=pareto_figures(data), stair_sets=stair_figures(data.staircases),
         env=env_lines(run.env) if run else [], version=__version__,
         generated=parse_time(data.generated).strftime("%Y-%m-%d %H:%M UTC"),
         started=parse_time(run.started).strftime("%Y-%m-%d %H:%M:%S UTC") if run else "",

@@ -7,13 +7,17 @@ from edgeprune.results.report.data import STATUS_EMOJI, STATUS_LABEL, ReportData
 from edgeprune.results.report.text import fmt_accuracy, fmt_change, fmt_ms, fmt_parity
 
 
+#: the headline's mark, by the worst verdict (the HTML banner's colours)
+LEVEL_EMOJI = {"bad": "🔴", "warn": "🟠", "info": "⚪", "good": "✅"}
+
+
 def _md_escape(s: str) -> str:
     return s.replace("|", "\\|")
 
 
 def render_markdown(data: ReportData) -> str:
     run = data.run
-    emoji = {"bad": "🔴", "warn": "🟠", "good": "✅"}[data.level]
+    emoji = LEVEL_EMOJI[data.level]
     lines = [f"## {emoji} {data.title}: {data.headline}", ""]
     if run is not None:
         rev = f", git `{run.git_revision[:10]}`" if run.git_revision else ""

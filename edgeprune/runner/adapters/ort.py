@@ -1,5 +1,9 @@
 """ONNX Runtime: an InferenceSession with the job's threads, sequential execution and
-graph optimisation level; kernel timing from ORT's own profiler (a chrome trace)."""
+graph optimisation level; kernel timing from ORT's own profiler (a chrome trace).
+
+ONNX Runtime runs the graph's own types: an fp32 ONNX file runs in fp32, a QDQ file in
+int8 (fused QLinear kernels). A job asking it for bf16 / fp16 is refused instead of
+being timed in fp32 under another name (:mod:`.precision`)."""
 
 from __future__ import annotations
 
@@ -9,12 +13,16 @@ import shutil
 import tempfile
 
 from ..timing import ort_kernel_times
+from ..errors import JobError
 from .base import Model, import_runtime
+from .precision import job_precision
 
 ORT_LEVELS = {
     "disable": "ORT_DISABLE_ALL", "none": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
     "extended": "ORT_ENABLE_EXTENDED", "layout": "ORT_ENABLE_LAYOUT", "all": "ORT_ENABLE_ALL",
 }
+#: what a job may ask of ONNX Runtime: the types of the ONNX file it is given
+ORT_PRECISIONS = ("fp32", "int8")
 ORT_TYPES = {
     "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
     "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
@@ -24,6 +32,10 @@ ORT_TYPES = {
 
 class OrtModel(Model):
     def __init__(self, path, options, threads, kernel=False):
+        precision = job_precision(options)
+        if precision not in ORT_PRECISIONS:
+            raise JobError("onnxruntime runs the ONNX file's own types (%s), not %s; time %s with openvino"
+                           % (", ".join(ORT_PRECISIONS), precision, precision))
         ort = import_runtime("onnxruntime")
         self.runtime_version = ort.__version__
         so = ort.SessionOptions()
@@ -44,7 +56,7 @@ class OrtModel(Model):
         self.sess = ort.InferenceSession(path, so, providers=providers)
         self.settings = {"intra_op_num_threads": so.intra_op_num_threads, "inter_op_num_threads": 1,
                          "execution_mode": "sequential", "graph_optimization_level": level_name,
-                         "providers": self.sess.get_providers()}
+                         "providers": self.sess.get_providers(), "precision": precision}
         self.names = [i.name for i in self.sess.get_inputs()]
         self.input_specs = [
             (i.name, [d if isinstance(d, int) else None for d in i.shape], ORT_TYPES.get(i.type))

@@ -9,10 +9,14 @@ import sys
 
 from ..errors import JobError
 from .base import Model, import_runtime
+from .precision import job_precision
 
 
 class TvmModel(Model):
     def __init__(self, path, options, threads, kernel=False):
+        precision = job_precision(options)
+        if precision != "fp32":
+            raise JobError("this runner times TVM libraries in fp32 only, not %s" % precision)
         if kernel:
             raise JobError("kernel timing is not available for tvm (no per-node counters in the Relax VM); "
                            "use timing 'wall'")
@@ -34,7 +38,7 @@ class TvmModel(Model):
         self.vm = relax.VirtualMachine(self.lib, self.dev)
         self.main = self.vm["main"]
         self.settings = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"), "device": device,
-                         "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS", "1 (default)")}
+                         "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS", "1 (default)"), "precision": precision}
 
     def prepare(self, arrays):
         return [self.tvm.runtime.tensor(a, self.dev) for a in arrays]

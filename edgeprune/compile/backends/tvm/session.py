@@ -33,7 +33,7 @@ from edgeprune.compile.backends.tvm.records import TuningDatabase, TuningError
 from edgeprune.compile.backends.tvm.settings import TuneSettings, check_measurable
 from edgeprune.compile.backends.tvm.targets import cross_compiler
 from edgeprune.compile.backends.tvm.tasks import TuneReport, estimate_ms, extract, task_infos, task_stats
-from edgeprune.errors import BackendError
+from edgeprune.errors import BackendError, Interrupted
 
 if TYPE_CHECKING:
     from edgeprune.config.targets import Target
@@ -61,7 +61,7 @@ class _Budget:
         self.errors = 0
         self.best: dict[int, float] = {}
         self.timed_out = False
-        self.interrupted = False  # Ctrl-C: stop at the next batch boundary
+        self.interrupted = 0  # the stop signal (Ctrl-C 2, SIGTERM 15, SIGHUP 1): stop at the next batch boundary
         self.batches = 0
         self.joined = 0
 
@@ -120,31 +120,36 @@ def _progress_callback(state: _Budget):
 
 @contextlib.contextmanager
 def _stop_on_ctrl_c(state: _Budget) -> Iterator[None]:
-    """Ctrl-C while MetaSchedule runs: a KeyboardInterrupt raised inside one of its Python
-    callbacks is swallowed by TVM's C++ loop (measured: the session went on tuning), so the
-    first Ctrl-C asks the builder to stop at the next batch boundary where nothing measured
-    is unrecorded, the same clean stop as the time budget; the third one kills the process."""
+    """Ctrl-C (or SIGTERM / SIGHUP) while MetaSchedule runs: a KeyboardInterrupt raised
+    inside one of its Python callbacks is swallowed by TVM's C++ loop (measured: the session
+    went on tuning), so the first stop signal asks the builder to stop at the next batch
+    boundary where nothing measured is unrecorded, the same clean stop as the time budget;
+    the third one kills the process. The tune flow then exits with the signal's code."""
     import signal
     import threading
+
+    from edgeprune.signals import STOP_SIGNALS
 
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):  # noqa: ARG001
-        if state.interrupted:  # an exception would be swallowed too: the next Ctrl-C kills the process
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            state.log("  Ctrl-C again: the next one kills the process (unrecorded batches are lost)")
+        if state.interrupted:  # an exception would be swallowed too: the next signal kills the process
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_DFL)
+            state.log("  stop signal again: the next one kills the process (unrecorded batches are lost)")
             return
-        state.interrupted = True
-        state.log("  Ctrl-C: stopping as soon as every batch sent is recorded (MetaSchedule records the first "
-                  "round only when all kernels have had a batch); press twice more to kill it now")
+        state.interrupted = signum
+        state.log(f"  {signal.Signals(signum).name}: stopping as soon as every batch sent is recorded (MetaSchedule "
+                  "records the first round only when all kernels have had a batch); twice more kills it now")
 
-    old = signal.signal(signal.SIGINT, handler)
+    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, old)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 class _NoLevelNag(logging.Filter):
@@ -315,8 +320,9 @@ def tune_model(
                 measure_callbacks=callbacks,
                 task_scheduler="gradient",
             )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         interrupted = True
+        state.interrupted = state.interrupted or Interrupted.of(exc).signum
         log("interrupted: every batch measured so far is kept in the database; rerun to resume")
     except TuningError:
         raise
@@ -349,6 +355,7 @@ def tune_model(
     report.seconds = time.monotonic() - t_start
     report.estimated_ms_after = estimate_ms(infos)
     report.stopped_by = "interrupted" if interrupted else ("time-budget" if state.timed_out else "trials")
+    report.stop_signal = state.interrupted or None
     if state.errors:
         report.notes.append(f"{state.errors} candidate(s) failed to build or run (normal for some schedules)")
     db.write_meta(target, {

@@ -49,6 +49,7 @@ class TuneReport:
     trials_run: int = 0
     seconds: float = 0.0
     stopped_by: StoppedBy = "trials"
+    stop_signal: int | None = None  # stopped_by "interrupted": which signal (the CLI exits 128 + it)
     measured_on: str = "local"
     estimated_ms_before: float | None = None
     estimated_ms_after: float | None = None
