@@ -212,9 +212,17 @@ def night(policy: Policy, base: list[Measurement], tonight: list[list], paired: 
         add()
 
 
+def detect_settings(args) -> DetectSettings:
+    """The library's defaults, with what the command line overrides (to try a threshold
+    on saved measurements: --load-pool)."""
+    d = DetectSettings()
+    return DetectSettings(min_effect=args.min_effect, busy_noise=args.busy_noise or d.busy_noise,
+                          pair_noise=args.pair_noise if args.pair_noise is not None else d.pair_noise,
+                          confidence=args.confidence or d.confidence)
+
+
 def run_trials(pool: dict, args) -> dict:
-    policy = Policy(detect=DetectSettings(min_effect=args.min_effect), max_remeasure=args.max_remeasure,
-                    pair_rounds=args.pair_rounds)
+    policy = Policy(detect=detect_settings(args), max_remeasure=args.max_remeasure, pair_rounds=args.pair_rounds)
     history = [_m(t, i + 1, "baseline") for i, t in enumerate(pool["history"])]
     rng = random.Random(args.seed)
     k = min(args.baseline_runs, len(history))
@@ -273,7 +281,7 @@ def report(pool: dict, res: dict, args, measured_s: float | None) -> dict:
           f"{pool['threads']} thread(s); paired batches of {pool['rounds']} rounds, >= {pool['min_runs']} runs and "
           f">= {pool['min_time_s']} s per artifact; load: {pool['load_procs']} spinning process(es)"
           + (f"; measured in {measured_s:.0f} s" if measured_s else ""))
-    for line in noise_summary(pool, DetectSettings(min_effect=args.min_effect)):
+    for line in noise_summary(pool, detect_settings(args)):
         print("  " + line)
     sizes = {ph: len(next(iter(c.values()))) for ph, c in pool["phases"].items()}
     print(f"{args.trials} trials per cell, resampled from {sizes} batches per condition; baseline = "
@@ -327,6 +335,9 @@ def main() -> int:
     ap.add_argument("--baseline-runs", type=int, default=5)
     ap.add_argument("--max-remeasure", type=int, default=Policy().max_remeasure)
     ap.add_argument("--min-effect", type=float, default=DetectSettings().min_effect)
+    ap.add_argument("--busy-noise", type=float, default=None, help="default: the library's DetectSettings")
+    ap.add_argument("--pair-noise", type=float, default=None, help="default: the library's DetectSettings")
+    ap.add_argument("--confidence", type=float, default=None, help="default: the library's DetectSettings")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-pool", type=Path)
     ap.add_argument("--load-pool", type=Path, help="re-analyse saved measurements instead of measuring")
