@@ -42,12 +42,25 @@ def stop_signals_raise() -> Iterator[None]:
         first[:] = [time.monotonic()]
         raise Interrupted(signum)
 
-    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    with stop_signals_handled(handler):
+        yield
+
+
+@contextlib.contextmanager
+def stop_signals_handled(handler) -> Iterator[None]:
+    """``handler`` for every stop signal within the block (main thread only), then the
+    previous handlers again. A signal the parent set to ignored stays ignored: ``nohup``
+    (SIGHUP) and ``cmd &`` in a script (SIGINT) are the user's promise to keep it running."""
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    for s, h in old.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, handler)
     try:
         yield
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            if h is not None:
+                signal.signal(s, h)
 
 
 class StopFlag:

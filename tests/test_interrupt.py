@@ -248,3 +248,15 @@ def test_a_signal_while_pruning_is_recorded_with_its_stage(tmp_path):
     assert "nothing was measured" in (out / "report.md").read_text()
     (run,) = runs(db)
     assert run["status"] == "incomplete" and "SIGINT" in run["note"]
+
+
+def test_a_signal_the_caller_ignores_stays_ignored():
+    """`nohup edgeprune ...` ignores SIGHUP: edgeprune must not turn it back into a stop."""
+    code = ("import os, signal, time\n"
+            "from edgeprune.signals import stop_signals_raise\n"
+            "with stop_signals_raise():\n"
+            "    os.kill(os.getpid(), signal.SIGHUP)\n"
+            "    time.sleep(0.2)\n"
+            "    print('still running')\n")
+    r = subprocess.run(["nohup", sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "still running" in r.stdout, r.stderr

@@ -128,7 +128,7 @@ def _stop_on_ctrl_c(state: _Budget) -> Iterator[None]:
     import signal
     import threading
 
-    from edgeprune.signals import STOP_SIGNALS
+    from edgeprune.signals import STOP_SIGNALS, stop_signals_handled
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -144,12 +144,8 @@ def _stop_on_ctrl_c(state: _Budget) -> Iterator[None]:
         state.log(f"  {signal.Signals(signum).name}: stopping as soon as every batch sent is recorded (MetaSchedule "
                   "records the first round only when all kernels have had a batch); twice more kills it now")
 
-    old = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
-    try:
+    with stop_signals_handled(handler):
         yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
 
 
 class _NoLevelNag(logging.Filter):
