@@ -442,10 +442,11 @@ def test_kernel_timing_reads_the_runtimes_own_node_counters(bundle):
     for r in (ort, ov):
         assert r.ok, r.error
         assert len(r.times_ms) == 20 and all(t >= 0 for t in r.times_ms)
-        t = r.env["timing"]
-        assert t["mode"] == "kernel"
-        # the conv's own work, without the layout conversions and call overhead the run pays
-        assert 0 < float(np.median(r.times_ms)) < t["wall_median_ms"]
+        assert r.env["timing"]["mode"] == "kernel"
+    # the conv's own work, without the layout conversions and call overhead the run pays.
+    # Not asserted for OpenVINO: its counters are a running average since compile (one slow
+    # first run lifts every later reading), which is why profiles time it wall-clock.
+    assert 0 < float(np.median(ort.times_ms)) < ort.env["timing"]["wall_median_ms"]
     assert not tvm.ok and "kernel timing is not available for tvm" in tvm.error
     assert not bad.ok and "unknown timing 'cpu'" in bad.error
     assert not list(Path(bundle).rglob("ort_*.json"))  # ONNX Runtime's trace files are removed

@@ -222,7 +222,7 @@ def profile_recording(to: "RecordOptions", label: str, details: dict[str, Any]) 
 @click.option("--timing", type=click.Choice(["auto", "kernel", "wall"]), default="auto", show_default=True,
               help="What a layer point's time is: kernel = the layer's own work from the runtime's per-node "
                    "counters (no per-call overhead or layout conversions, which a standalone graph pays and a model "
-                   "does not); wall = wall-clock; auto = kernel for onnxruntime and openvino, wall for tvm.")
+                   "does not); wall = wall-clock; auto = kernel for onnxruntime, wall for openvino (its counters are running averages) and tvm.")
 @click.option("--calibration-variants", type=click.IntRange(0, 50), default=6, show_default=True, metavar="N",
               help="Pruned variants measured end to end to calibrate the remainder model.")
 @keep_layer_option("Layer whose channels are never pruned (not tabled); repeatable.")
