@@ -94,5 +94,6 @@ def ort_kernel_times(events: list[dict], n: int) -> list[float]:
 
 
 def ov_kernel_ms(profiling_info) -> float:
-    """ms of OpenVINO's node counters of the last inference, less OV_BOUNDARY_NODES."""
+    """ms of OpenVINO's node counters, less OV_BOUNDARY_NODES. The CPU plugin reports each
+    node's running average since compile, not the last inference's time."""
     return sum(p.real_time.total_seconds() for p in profiling_info if p.node_type not in OV_BOUNDARY_NODES) * 1e3

@@ -1,6 +1,8 @@
 """OpenVINO: the IR compiled for the job's device with its threads, a LATENCY hint and the
-job's precision (always set: see :mod:`.precision`); kernel timing from PERF_COUNT,
-which holds the last inference only (read after each run).
+job's precision (always set: see :mod:`.precision`); kernel timing from PERF_COUNT, read
+after each run. Its CPU plugin reports each node's running *average* over every inference
+since compile, not the last one's time, so the profiler times OpenVINO wall-clock
+(``edgeprune.latency.settings.KERNEL_TIMING_BACKENDS``); a kernel job still runs.
 
 How one inference is timed (benchmarks/harness_fidelity.py compares it with OpenVINO's
 own ``benchmark_app``):
@@ -100,9 +102,7 @@ class OvModel(Model):
 
     def run(self, prepared):
         self._bind(prepared)
-        if self.kernel is not None:  # the counters hold the last inference only
-            # kernel timing: the synchronous call its counters were validated with (with
-            # start_async a fresh-clone CI run read node counters summing above the wall time)
+        if self.kernel is not None:  # the counters: running averages since compile (module docstring)
             self.request.infer()
             self.kernel.append(ov_kernel_ms(self.request.profiling_info))
             return
