@@ -191,6 +191,16 @@ def test_a_device_far_slower_than_its_history_gets_no_verdict():
     assert calm.verdict is Verdict.SLOWER and "busy batch(es) left out" in calm.reason and calm.batches == 2
 
 
+def test_a_change_far_beyond_a_busy_devices_scatter_is_still_reported():
+    """Busy is a reason to doubt a few percent, not a model that grew 10x: that is SLOWER,
+    and the reason says the device was busy (the end-to-end nightly test's grown model)."""
+    rng = np.random.default_rng(16)
+    history = [batch(rng) for _ in range(5)]
+    c = compare_paired([paired_batch(rng, 10.0, level=1.5)], DetectSettings(bootstrap=200), history)
+    assert c.verdict is Verdict.SLOWER and "scatter of a busy device" in c.reason, c.reason
+    assert 9 < c.ratio < 11
+
+
 def test_pairs_that_scatter_mean_a_busy_device():
     rng = np.random.default_rng(15)
     s = DetectSettings(bootstrap=200)

@@ -282,7 +282,7 @@ def test_nightly_runs_stores_judges_and_reports(tmp_path):
     res = nightly(*args, "--json")
     assert res.exit_code == 1, res.output
     grown = json.loads(res.stdout)
-    assert all(c["regression"] for c in grown["cells"])
+    assert all(c["regression"] for c in grown["cells"]), [c["verdicts"] for c in grown["cells"]]
     assert all(c["verdicts"][0]["verdict"] == "SLOWER" and c["verdicts"][0]["ratio"] > 1.3 for c in grown["cells"])
     assert all(c["verdicts"][0]["data"]["attempts"] == 2 for c in grown["cells"])  # confirmed before reported
     assert all(c["verdicts"][0]["data"]["method"] == "paired" for c in grown["cells"])

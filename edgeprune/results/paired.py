@@ -50,6 +50,9 @@ from edgeprune.results.detect import Comparison, DetectSettings, Series, Verdict
 #: a pair further than this many robust sds (MAD) from the batch's median pair is an outlier
 OUTLIER_SCALES = 4.0
 
+#: busy batches still give SLOWER / FASTER when the change is this many times their scatter
+BUSY_OVERRIDE = 5.0
+
 #: what a busy verdict tells the user to do
 BUSY_HINT = ("re-run when the device is idle, give the benchmark cores of its own (cpu_affinity), "
              "or set bench.steady_gate: true")
@@ -177,8 +180,15 @@ def compare_paired(batches: Sequence[PairedBatch], settings: DetectSettings = De
     p = 1.0 if np.ptp(np.concatenate([pooled_c, pooled_b])) == 0 else float(
         sps.mannwhitneyu(pooled_c, pooled_b, alternative="two-sided").pvalue)
     ratio = math.exp(d)
+    noise = max([st.scatter for st in stats_used] + [s.busy_noise])
     if not used:
-        verdict, why = Verdict.UNKNOWN, f"device busy: {busy[-1]}; {BUSY_HINT}"
+        verdict, why = decide(ratio, ci, ci_same, p, s, paired=True)
+        if verdict in (Verdict.SLOWER, Verdict.FASTER) and abs(d) > BUSY_OVERRIDE * noise:
+            # a change many times what the busy device scatters (a model that grew 10x)
+            # is not the machine's doing: say it, and say the device was busy
+            why += f" — {abs(d) / noise:.0f}x the scatter of a busy device ({busy[-1]})"
+        else:
+            verdict, why = Verdict.UNKNOWN, f"device busy: {busy[-1]}; {BUSY_HINT}"
     else:
         verdict, why = decide(ratio, ci, ci_same, p, s, paired=True)
         if busy:
