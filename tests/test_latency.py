@@ -320,7 +320,7 @@ def test_layer_points_are_kernel_timed_where_the_runtime_has_node_counters():
     assert layer_timing(auto, "openvino") == "wall"  # its counters are running averages (settings.py)
     assert layer_timing(auto, "tvm") == "wall"
     assert layer_timing(ProfileSettings(timing="wall"), "openvino") == "wall"
-    with pytest.raises(ConfigError, match="tvm has no per-node counters"):
+    with pytest.raises(ConfigError, match="tvm has no per-run node counters"):
         layer_timing(ProfileSettings(timing="kernel"), "tvm")
     with pytest.raises(ConfigError, match="unknown timing"):
         layer_timing(ProfileSettings(timing="cpu"), "openvino")

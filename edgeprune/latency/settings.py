@@ -78,7 +78,9 @@ def layer_timing(settings: ProfileSettings, backend: str) -> str:
     if settings.timing == "auto":
         return "kernel" if backend in KERNEL_TIMING_BACKENDS else "wall"
     if settings.timing == "kernel" and backend not in KERNEL_TIMING_BACKENDS:
-        raise ConfigError(f"{backend} has no per-node counters for kernel timing",
+        raise ConfigError(f"{backend} has no per-run node counters for kernel timing"
+                          + (" (its PERF_COUNT times are running averages since compile)" if backend == "openvino"
+                             else ""),
                           f"use --timing wall (kernel timing works with {', '.join(KERNEL_TIMING_BACKENDS)})")
     return settings.timing
 
