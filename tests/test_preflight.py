@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from edgeprune.cli import cli
 from fixtures_models import tiny_matmul_onnx
+from test_help import _commands
 
 REPO = Path(__file__).resolve().parents[1]
 WORK_MARKERS = ("exporting", "building", "profiling", "benchmarking", "tuning ")
@@ -266,20 +267,6 @@ def test_a_number_that_is_not_finite_or_out_of_range_fails_the_option_check(args
 def test_results_compare_refuses_a_nan_threshold():
     res = invoke(["results", "compare", "1", "2", "--min-effect", "nan"])
     assert_refused(res, 2, "not a finite number", usage=True)
-
-
-def _commands():
-    ctx = click.Context(cli)
-    found = []
-
-    def walk(cmd, path):
-        found.append((path, cmd))
-        if isinstance(cmd, click.Group):
-            for name in cmd.list_commands(ctx):
-                walk(cmd.get_command(ctx, name), (*path, name))
-
-    walk(cli, ())
-    return found
 
 
 def test_every_float_option_of_every_command_is_finite():
