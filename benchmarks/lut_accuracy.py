@@ -39,7 +39,8 @@ from pathlib import Path
 
 from edgeprune.config.devices import LOCAL
 from edgeprune.config.targets import get_target
-from edgeprune.flows.profile import profile_model, validate
+from edgeprune.flows.profile import profile_model
+from edgeprune.flows.validate import validate
 from edgeprune.latency.grid import GridSettings
 from edgeprune.latency.settings import ProfileSettings
 from edgeprune.latency.store import LUTStore

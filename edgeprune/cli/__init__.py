@@ -27,6 +27,7 @@ _COMMANDS = {
     "bench": "edgeprune.cli.compile_cmd:bench_cmd",
     "targets": "edgeprune.cli.info:targets_cmd",
     "devices": "edgeprune.cli.info:devices_cmd",
+    "device-model": "edgeprune.cli.device_model_cmd:device_model_cmd",
     "models": "edgeprune.cli.info:models_cmd",
     "profile": "edgeprune.cli.profile_cmd:profile_cmd",
     "prune": "edgeprune.cli.prune_cmd:prune_cmd",

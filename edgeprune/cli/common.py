@@ -296,6 +296,23 @@ def threads_option(help: str = "Threads per inference (default: the target's cor
     return click.option("--threads", type=click.IntRange(1), metavar="N", help=help)
 
 
+def tables_option() -> Callable:
+    """``--tables model|full``: where layer latencies come from (ProfileSettings.tables)."""
+    return click.option(
+        "--tables", type=click.Choice(["model", "full"]), default="model", show_default=True,
+        help="model: the device latency model (built once per device with `edgeprune device-model build`) plus "
+             "the few points this model needs; full: measure a table of every layer of this model (slow; the "
+             "reference). Without a device model, model falls back to full and says so.")
+
+
+def profile_budget_option() -> Callable:
+    """``--profile-budget DURATION``: device time a device-model profile may spend on the model."""
+    return click.option(
+        "--profile-budget", "profile_budget", type=Duration(), default="3m", show_default=True, metavar="DURATION",
+        help="With --tables model: device time to spend measuring this model's own layers (full-width anchors, "
+             "then the most uncertain widths) and its end-to-end calibration, e.g. 90s, 5m.")
+
+
 def keep_layer_option(help: str) -> Callable:
     """``--keep-layer NAME`` (repeatable): a layer whose channels are never pruned."""
     return click.option("--keep-layer", "keep_layers", multiple=True, metavar="NAME", help=help)

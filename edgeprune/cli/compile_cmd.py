@@ -75,15 +75,25 @@ def print_summary(summary, as_json: bool) -> None:
     out.print(f"report: {Path(summary.out_dir) / 'report.md'}", highlight=False)
 
 
-def _finish_prune(summary) -> None:
-    """Exit non-zero (results already written) when the pruned model missed the accuracy gate."""
+def _finish_prune(summary, allow_budget_miss: bool) -> None:
+    """Exit non-zero (results already written) when the pruned model missed the accuracy
+    gate, or when the deployed artifact, measured beside the original, missed the latency
+    budget (unless ``--allow-budget-miss``)."""
     from edgeprune.errors import PruneError
 
-    gate = (summary.pruned.extra.get("accuracy_gate") if summary.pruned is not None else None) or {}
+    extra = summary.pruned.extra if summary.pruned is not None else {}
+    gate = extra.get("accuracy_gate") or {}
     if gate.get("passed") is False:
         raise PruneError(
             f"accuracy gate failed: the pruned model lost {gate['drop']:.2f} points (allowed {gate['max_drop']:g})",
             f"the pruned model was still built and measured: {summary.out_dir}/summary.json",
+        )
+    if extra.get("budget_met") is False and not allow_budget_miss:
+        raise PruneError(
+            f"latency budget missed: the {summary.backend} artifact measured {extra['measured_ratio']:.3f}x the "
+            f"original (budget {extra['budget_ratio']:.3f}x + 5 %)",
+            f"everything was still built and measured: {summary.out_dir}/summary.json; a looser --latency-budget, "
+            "a larger --profile-budget, or --allow-budget-miss",
         )
 
 
@@ -156,7 +166,7 @@ def compile_cmd(model: ModelArgs, target_name: str, backend: str, devices: Devic
     summary = run.summary
     print_summary(summary, as_json)
     _finish(summary)
-    _finish_prune(summary)
+    _finish_prune(summary, prune is not None and prune.allow_budget_miss)
 
 
 @click.command("bench")

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgeprune.cli.common import (DeviceArgs, ModelArgs, backend_option, device_options, json_option,
-                                  keep_layer_option, model_options, out_option, seed_option, steady_gate_option,
-                                  target_option, threads_option)
+                                  keep_layer_option, model_options, out_option, profile_budget_option, seed_option,
+                                  steady_gate_option, tables_option, target_option, threads_option)
 from edgeprune.cli.output import err, log, note, out, print_json, table
 from edgeprune.cli.results_cmd import record_option
 from edgeprune.latency.grid import DENSITIES
@@ -92,6 +92,12 @@ def print_profile(result, target_name: str) -> None:
     p = result.predictor
     c = p.calibration
     out.print(f"table: {result.table_path}", highlight=False)
+    if result.tables == "model":
+        dm = result.device_model or {}
+        out.print(f"layers: predicted by the device model ({dm.get('points', '?')} points of "
+                  f"{len(dm.get('kinds', {}))} op kind(s)), corrected by this model's measured points", highlight=False)
+    for n in result.notes:
+        out.print(f"note: {n}", highlight=False)
     out.print(f"points: {result.points_used} used by this model ({len(result.table.families)} layer tables for "
               f"{len(p.space.layers)} layers), {result.points_measured} measured now, {result.points_reused} reused; "
               f"{result.seconds:.1f} s, {result.bundles} bundle run(s)", highlight=False)
@@ -121,6 +127,9 @@ def print_validation(rep) -> None:
     if rep.unsteady_series:
         out.print(f"note: {rep.unsteady_series} validation series were timed outside the device's steady state",
                   highlight=False)
+    if rep.recalibrated_drift is not None:
+        out.print(f"note: the full model ran {100 * (rep.recalibrated_drift - 1):+.1f}% off its profile, so its "
+                  "end-to-end calibration was measured again before judging the predictor", highlight=False)
     if rep.drift is not None:
         out.print(f"machine drift since profiling: full model {100 * (rep.drift - 1):+.1f}%; LUT errors against raw "
                   f"times: median {r['median_abs_pct_error']:.2f}%, within ±10%: {100 * r['within_10pct']:.0f}%; "
@@ -225,6 +234,8 @@ def profile_recording(to: "RecordOptions", label: str, details: dict[str, Any]) 
                    "does not); wall = wall-clock; auto = kernel for onnxruntime, wall for openvino (its counters are running averages) and tvm.")
 @click.option("--calibration-variants", type=click.IntRange(0, 50), default=6, show_default=True, metavar="N",
               help="Pruned variants measured end to end to calibrate the remainder model.")
+@tables_option()
+@profile_budget_option()
 @keep_layer_option("Layer whose channels are never pruned (not tabled); repeatable.")
 @click.option("--refresh", is_flag=True, help="Ignore cached measurements and measure everything again.")
 @click.option("--lut", "pinned", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="FILE",
@@ -249,7 +260,7 @@ def profile_recording(to: "RecordOptions", label: str, details: dict[str, Any]) 
 @record_option
 def profile_cmd(model: ModelArgs, target_name: str, backend: str, devices: DeviceArgs, threads: int | None,
                 density: str, rounds: int, steady_gate: bool, timing: str, calibration_variants: int,
-                keep_layers: tuple[str, ...], refresh: bool, pinned: Path | None, cache_dir: Path | None,
+                tables: str, profile_budget: float, keep_layers: tuple[str, ...], refresh: bool, pinned: Path | None, cache_dir: Path | None,
                 do_validate: bool, n_variants: int, widths_mode: str, seed: int, out_path: Path | None,
                 as_json: bool, do_plot: bool, plot_dir: Path | None, keep_bundles: Path | None,
                 record_to: "RecordOptions") -> None:
@@ -284,7 +295,7 @@ def profile_cmd(model: ModelArgs, target_name: str, backend: str, devices: Devic
     settings = ProfileSettings(
         grid=GridSettings(lanes=target.fp32_lanes(), density=density), threads=threads, rounds=rounds,
         calibration_variants=calibration_variants, seed=seed, keep_bundles=keep_bundles, gate=steady_gate,
-        timing=timing,
+        timing=timing, tables=tables, profile_budget_s=float(profile_budget),
     )
     store = LUTStore(cache_dir) if cache_dir else LUTStore()
     space = space_of(loaded, tuple(keep_layers))
@@ -311,7 +322,7 @@ def _report(result, rec: ProfileRecording, loaded, model: ModelArgs, target, dev
             widths_mode: str, out_path: Path | None) -> dict:
     """Print the table, then plot, validate and write ``--out`` as asked; returns the
     JSON document."""
-    from edgeprune.flows.profile import validate
+    from edgeprune.flows.validate import validate
 
     # with --json, stdout carries only the JSON document: the human lines go to stderr
     say = log if as_json else (lambda msg: out.print(msg, highlight=False))

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from edgeprune.cli.common import (DeviceArgs, FiniteFloat, ModelArgs, backend_option, collect_options,
-                                  device_options, json_option, keep_layer_option, model_options, out_option, seed_option,
-                                  target_option)
+                                  device_options, json_option, keep_layer_option, model_options, out_option,
+                                  profile_budget_option, seed_option, tables_option, target_option)
 from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.prune.importance import IMPORTANCE
 from edgeprune.prune.strategies import STRATEGIES
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
 PRUNE_KEYS = ("latency_budget", "latency_ms", "strategy", "importance", "max_accuracy_drop", "keep_layers",
-              "finetune_epochs", "distill", "gradual_steps", "seed")
+              "finetune_epochs", "distill", "gradual_steps", "seed", "tables", "profile_budget", "allow_budget_miss")
 
 
 def prune_options(required: bool) -> Callable[[Callable], Callable]:
@@ -48,6 +48,12 @@ def prune_options(required: bool) -> Callable[[Callable], Callable]:
             click.option("--gradual-steps", type=click.IntRange(1), default=1, show_default=True, metavar="N",
                          help="Prune in this many steps (shrinking budget), fine-tuning after each."),
             seed_option("Seed of every random choice (reproducible)."),
+            tables_option(),
+            profile_budget_option(),
+            click.option("--allow-budget-miss", is_flag=True,
+                         help="The pruned model is timed end to end and searched again when it misses the budget "
+                              "by more than 5 %; if it still misses, the run fails (exit code 8, results kept) "
+                              "unless this flag is given."),
         ],
         into="prune",
         build=lambda v, kwargs: _prune_settings(v, kwargs.get("backend"), required),
@@ -65,7 +71,8 @@ def _prune_settings(v: dict[str, Any], backend: str | None, required: bool) -> P
     if v["latency_budget"] is None and v["latency_ms"] is None:
         if required:
             raise click.UsageError("say how fast: --latency-budget FRACTION (e.g. 0.5) or --latency-ms MS")
-        tuned = [f"--{k.replace('_', '-')}" for k in ("max_accuracy_drop", "distill") if v[k]] + \
+        tuned = [f"--{k.replace('_', '-')}" for k in ("max_accuracy_drop", "distill", "allow_budget_miss")
+                 if v[k]] + \
                 ["--keep-layer"] * bool(v["keep_layers"]) + ["--importance"] * bool(v["importance"])
         if tuned:
             raise click.UsageError(f"{', '.join(tuned)} only apply when pruning: add --latency-budget or --latency-ms")
@@ -74,7 +81,8 @@ def _prune_settings(v: dict[str, Any], backend: str | None, required: bool) -> P
         budget=v["latency_budget"], latency_ms=v["latency_ms"], strategy=v["strategy"], importance=v["importance"],
         max_accuracy_drop=v["max_accuracy_drop"], keep_layers=tuple(v["keep_layers"]),
         finetune_epochs=v["finetune_epochs"], distill=v["distill"], gradual_steps=v["gradual_steps"], seed=v["seed"],
-        backend=None if backend in (None, "auto") else backend,
+        backend=None if backend in (None, "auto") else backend, tables=v["tables"],
+        profile_budget_s=float(v["profile_budget"]), allow_budget_miss=bool(v["allow_budget_miss"]),
     )
 
 

@@ -22,22 +22,26 @@ table's reference unit (:class:`edgeprune.latency.series.TableUnit`).
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeprune.errors import BenchError, Interrupted, ModelError
-from edgeprune.latency.entry import LatencyEntry
-from edgeprune.latency.layer_bundle import REFERENCE_LAYER, layer_job
+from edgeprune.errors import BenchError, Interrupted
+from edgeprune.latency import plan
+from edgeprune.latency.layer_bundle import layer_job
+from edgeprune.latency.adaptive import AdaptiveLatency
 from edgeprune.latency.lut import LatencyTable, Point
 from edgeprune.latency.measurer import BundleMeasurer, warn_if_busy
 from edgeprune.latency.points import REMEASURE_ROUNDS, complete_table
-from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement, error_stats
-from edgeprune.latency.records import ProfileInterrupted, ProfileResult, ValidationReport
-from edgeprune.latency.series import Timing, TableUnit
+from edgeprune.latency.predicted import PredictedTable, device_model_summary, fit_device_model, is_busy
+from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement
+from edgeprune.latency.recorder import PointRecorder
+from edgeprune.latency.records import ProfileInterrupted, ProfileResult
+from edgeprune.latency.series import TableUnit
 from edgeprune.latency.settings import ProfileSettings, ProgressSink, layer_timing
 from edgeprune.latency.store import LUTStore, TableFile, table_key
 from edgeprune.latency.variants import model_fingerprint, random_widths, space_of, variant_job
@@ -72,6 +76,7 @@ def profile_model(
     pinned: Path | None = None,
     progress: ProgressSink | None = None,
     log: Log = _stderr,
+    feasible: Callable[[LatencyPredictor], None] | None = None,
 ) -> ProfileResult:
     """Measure (or reuse) the latency table of every prunable layer of ``model`` on
     ``device`` with ``backend``, then the model end to end, and return the predictor.
@@ -84,7 +89,12 @@ def profile_model(
     Interrupted (Ctrl-C, SIGTERM, SIGHUP): every point measured so far is already in the
     table file, including the series of the bundle that was cut (a point timed in only
     some rounds is marked and completed by the next run), and :class:`ProfileInterrupted`
-    says how many were kept: a rerun measures only what is missing."""
+    says how many were kept: a rerun measures only what is missing.
+
+    ``settings.tables == "model"``: layers come from the device model of this context
+    (``edgeprune device-model build``) and only the points this model needs are measured,
+    within ``settings.profile_budget_s`` (:func:`_measure_predicted`); ``feasible`` then
+    sees the device model's predictor before anything is measured (and may raise)."""
     t0 = time.perf_counter()
     settings.check_drift()
     store = store or LUTStore()
@@ -99,28 +109,17 @@ def profile_model(
         path = store.path_for(key)
     if refresh:
         tf = TableFile(key=key, path=path)
-    entries: dict[str, LatencyEntry] = dict(tf.entries)
-    reused_before = set(entries)
     progress = progress or ProgressSink()
     measurer = BundleMeasurer(target, device, backend, settings, progress=progress, log=log)
-    unit = TableUnit(settings.drift, tf.reference_ms)
-    env: dict[str, Any] = dict(tf.env)
-    warned = False
-    measured: set[str] = set()
-    completed: set[str] = set()  # points cut short by an interrupted run, completed now
-
-    def save(new: Mapping[str, LatencyEntry], models: Mapping[str, dict[str, Any]] | None = None) -> TableFile:
-        nonlocal env
-        if measurer.last_env:
-            env = {k: v for k, v in measurer.last_env.items() if k != "timing"}
-        ref = {"signature": REFERENCE_LAYER.signature(), "ms": unit.ref_ms} if unit.ref_ms else None
-        merged, factor = store.save(path, key, new, models, env, ref)
-        if factor != 1.0:  # a concurrent profiler defined the unit first: adopt it
-            log(f"adopting the reference unit of {path} (written concurrently by another profiler)")
-            for k in new:
-                entries[k] = merged.entries[k]
-            unit.ref_ms = merged.reference_ms
-        return merged
+    rec = PointRecorder(store, path, key, tf, measurer, settings.drift, log,
+                        busy_probe=(lambda: warn_if_busy(device, lambda m: None)) if device.kind == "local" else None)
+    entries = rec.entries
+    reused_before = set(entries)
+    unit = rec.unit
+    save = rec.save
+    measured, completed = rec.measured, rec.completed
+    rec.busy = warn_if_busy(device, log)  # local: the CPUs other processes keep busy now (warns when many)
+    warned = True
 
     def status(table: LatencyTable, todo: list[Point], remeasure: bool) -> None:
         nonlocal warned
@@ -140,27 +139,6 @@ def profile_model(
             log(f"{'refining' if measured - completed else 'measuring'}: {len(todo) - short} point(s) on {device.name} "
                 f"with {backend} ({len(table.tables)} layer table(s), {len(entries)} point(s) cached)")
 
-    def keep(mode: str) -> Callable[[dict[str, Timing]], None]:
-        """Save a chunk's timings at once (``mode``: new points, completing points cut
-        short, or more rounds for noisy ones), so an interruption loses nothing."""
-        def on_chunk(timings: dict[str, Timing]) -> None:
-            new = {}
-            for k, tm in timings.items():
-                rounds, f = unit.rounds(tm)
-                old = entries.get(k)
-                if old is not None and mode == "complete":
-                    e = old.completed(rounds, tm.runs, f, partial=tm.short)
-                    if not e.partial:
-                        completed.add(k)
-                elif old is not None and mode == "remeasure":
-                    e = old.merged(rounds, tm.runs, f)
-                else:
-                    e = LatencyEntry.from_rounds(rounds, tm.runs, f, partial=tm.short)
-                entries[k] = new[k] = e
-                measured.add(k)
-            save(new)
-        return on_chunk
-
     def measure(todo: list[Point], remeasure: bool) -> dict[str, str]:
         table = LatencyTable(space, entries, settings.grid)
         batches: dict[tuple[str, int], list[Point]] = {}
@@ -176,15 +154,36 @@ def profile_model(
         errs: dict[str, str] = {}
         for (mode, rounds), points in sorted(batches.items()):
             jobs = [layer_job(p, table.families[p.family].layer, key.timing) for p in points]
-            _, e = measurer.measure(jobs, rounds, settings.series(), keep(mode), description=_DESCRIPTIONS[mode])
-            errs.update(e)
+            errs.update(rec.measure(jobs, mode, rounds, settings.series(), _DESCRIPTIONS[mode]))
         for k, e in errs.items():
             log(f"could not measure {k}: {e}")
         return errs
 
     stage = "measuring layer points"
+    notes: list[str] = []
+    model_table: Callable[[], Any]
     try:
-        table, failures = complete_table(space, entries, settings.grid, measure, status)
+        dm = None
+        if settings.tables == "model":
+            dm, why = fit_device_model(store, key, entries, settings.grid.lanes, device, log)
+            if dm is None:
+                log(why)
+                notes.append(why)
+        if dm is not None:
+            def model_table() -> Any:
+                return PredictedTable(space, entries, dm, settings.grid)
+
+            prior = model_table()
+            if feasible is not None and prior.complete:  # no measurement yet: refuse the impossible now
+                feasible(LatencyPredictor(space, prior))
+
+            failures = _measure_predicted(model_table, measure, measurer, space, settings, t0, notes, status, log)
+            table = model_table()
+        else:
+            def model_table() -> Any:
+                return LatencyTable(space, entries, settings.grid)
+
+            table, failures = complete_table(space, entries, settings.grid, measure, status)
         if not table.complete:
             missing = [p.signature for t in table.tables.values() for p in t.missing]
             raise BenchError(f"latency table incomplete: {len(missing)} point(s) could not be measured, e.g. "
@@ -192,34 +191,87 @@ def profile_model(
         stage = f"measuring {model.name} end to end"
         fp = model_fingerprint(model, space)
         meas, model_measured = _model_measurements(model, space, table, tf, fp, refresh, settings, measurer, unit,
-                                                   save, log)
+                                                   save, log, busy_now=rec.busy)
     except KeyboardInterrupt as exc:
         progress.close()
         stop = ProfileInterrupted(Interrupted.of(exc), stage, path, kept=len(measured),
                                   cut_short=sum(1 for k in measured if entries[k].partial), cached=len(reused_before))
         log(stop.summary())
         raise stop from None
-    predictor = LatencyPredictor(space, table, meas)
+    adaptive = AdaptiveLatency(model, space, model_table, meas, fp, rec, measurer, settings, log)
     progress.close()
+    table = adaptive.table
     used = table.used_signatures()
     return ProfileResult(
-        predictor=predictor, table=table, key=key, table_path=path, points_used=len(used),
+        predictor=adaptive.predictor, table=table, key=key, table_path=path, points_used=len(used),
         points_measured=len(measured), points_reused=len(used & (reused_before - measured)),
         model_measured=model_measured, seconds=time.perf_counter() - t0, bundles=measurer.bundles_run,
         failures=failures, model=model.spec, fingerprint=fp, reference_ms=unit.ref_ms,
         unsteady_series=measurer.unsteady_series, points_completed=len(completed),
+        tables="model" if dm is not None else "full", adaptive=adaptive, notes=notes,
+        device_model=device_model_summary(dm) if dm is not None else None,
     )
+
+
+def _measure_predicted(model_table: Callable[[], Any], measure: Callable[[list[Point], bool], dict[str, str]],
+                       measurer: BundleMeasurer, space: PruneSpace, settings: ProfileSettings, t0: float,
+                       notes: list[str], status: Callable[..., None], log: Log) -> dict[str, str]:
+    """The device-model profile's own measurements (:mod:`edgeprune.latency.plan`):
+    full tables of families the device model cannot predict, every family at full width,
+    then the most costly uncertain widths until the profile budget (less what the
+    end-to-end calibration will take) is spent."""
+    table = model_table()
+    failures: dict[str, str] = {}
+    if table.measured_families:
+        log(f"device model: {len(table.measured_families)} layer shape(s) of an op kind it has not seen get "
+            "a measured table")
+        _, failures = complete_table(table.measured_space(), table.entries, settings.grid, measure, status)
+    anchors = plan.anchor_points(table)
+    if anchors:
+        log(f"device model: measuring {len(anchors)} layer shape(s) at full width")
+        failures.update(measure(anchors, False))
+    n_cal = settings.calibration_variants if space.prunable_groups() else 0
+    reserve = (1 + n_cal) * (measurer.job_seconds(float(space.macs()), settings.model_rounds,
+                                                  settings.series(models=True)) + 1.5)
+    deadline = t0 + settings.profile_budget_s - reserve
+    tried = {p.signature for p in anchors} | set(failures)
+    while True:
+        table = model_table()
+        todo = plan.uncertain_points(table, settings.uncertainty, tried)
+        left = deadline - time.perf_counter()
+        if not todo:
+            break
+        chunk = plan.within(todo, min(left, settings.chunk_s),
+                            lambda p: plan.point_seconds(measurer, table, p, settings))
+        if not chunk:
+            notes.append(f"{len(todo)} uncertain layer width(s) left predicted: the profile budget "
+                         f"({settings.profile_budget_s:.0f} s) was spent (--profile-budget)")
+            log(f"device model: {notes[-1]}")
+            break
+        tried |= {p.signature for p in chunk}
+        log(f"device model: measuring {len(chunk)} of {len(todo)} uncertain width(s) "
+            f"(above {settings.uncertainty:.0%}; {max(0.0, left):.0f} s of the profile budget left)")
+        failures.update(measure(chunk, False))
+    return failures
 
 
 def _model_measurements(model: "LoadedModel", space: PruneSpace, table: LatencyTable, tf: TableFile, fp: str,
                         refresh: bool, settings: ProfileSettings, measurer: BundleMeasurer, unit: TableUnit,
-                        save: Callable[..., TableFile], log: Log) -> tuple[ModelMeasurements, bool]:
+                        save: Callable[..., TableFile], log: Log, busy_now: float | None = None
+                        ) -> tuple[ModelMeasurements, bool]:
     """The model end to end at full width and at the calibration widths: cached in the
-    table file by model fingerprint, measured when absent (or fewer variants than asked).
-    Returns the measurements (in the file's unit) and whether they were measured now."""
+    table file by model fingerprint, measured when absent (or fewer variants than asked),
+    and measured again when the device was busy then and is quiet now (``busy_now``; a
+    busy host adds time per parallel op, which no rescaling undoes; the other way round
+    the quiet measurement is the better one and is kept). Returns the measurements (in the file's unit) and whether they were
+    measured now."""
     cached = tf.models.get(fp) if not refresh else None
     meas = ModelMeasurements.from_dict(fp, cached) if cached else None
     n = settings.calibration_variants if space.prunable_groups() else 0
+    if meas is not None and busy_now is not None and is_busy(meas.full.busy) and not is_busy(busy_now):
+        log(f"the cached end-to-end measurements of {model.name} were taken while other processes kept "
+            f"{meas.full.busy:.1f} CPU(s) busy and the device is quiet now: measuring them again")
+        meas = None
     if meas is not None and len(meas.variants) >= n:
         return meas, False
     base = LatencyPredictor(space, table)
@@ -233,7 +285,7 @@ def _model_measurements(model: "LoadedModel", space: PruneSpace, table: LatencyT
     if "full" not in timings:
         raise BenchError(f"cannot measure {model.name} end to end: {errs.get('full', 'no result')}")
     meas = ModelMeasurements(
-        fingerprint=fp, name=model.spec, full=unit.entry(timings["full"]),
+        fingerprint=fp, name=model.spec, full=dataclasses.replace(unit.entry(timings["full"]), busy=busy_now or 0.0),
         variants=[VariantMeasurement(w, unit.entry(timings[f"cal{i}"])) for i, w in enumerate(variants)
                   if f"cal{i}" in timings],
     )
@@ -243,84 +295,3 @@ def _model_measurements(model: "LoadedModel", space: PruneSpace, table: LatencyT
     # the report draws a model's own layers from it (results.report.staircase)
     merged = save({}, {fp: {**meas.to_dict(), "space": space.to_dict()}})
     return ModelMeasurements.from_dict(fp, merged.models[fp]), True  # in the file's unit
-
-
-def validate(
-    model: "LoadedModel",
-    result: ProfileResult,
-    target: "Target",
-    device: "Device",
-    backend: str,
-    n: int = 20,
-    settings: ProfileSettings = ProfileSettings(),
-    widths_mode: str = "candidates",
-    progress: ProgressSink | None = None,
-    log: Log = _stderr,
-) -> ValidationReport:
-    """Measure ``n`` random pruned variants end to end and compare with the predictor
-    (and with a FLOPs-proportional predictor anchored at the same measured full model).
-    Variants are drawn with a seed distinct from the calibration variants;
-    ``widths_mode`` is ``candidates`` (snapped to the fast side of the steps, as the
-    pruner does) or ``any`` (arbitrary widths)."""
-    t0 = time.perf_counter()
-    pred = result.predictor
-    space = pred.space
-    if not space.prunable_groups():
-        raise ModelError(f"{model.spec} has no prunable channel group: nothing to validate")
-    if widths_mode not in ("candidates", "any"):
-        raise ValueError(f"widths_mode must be 'candidates' or 'any', not {widths_mode!r}")
-    rng = random.Random(f"validation:{settings.seed}:{widths_mode}")
-    cands = pred.candidates if widths_mode == "candidates" else None
-    configs = [random_widths(space, rng, cands) for _ in range(n)]
-    measurer = BundleMeasurer(target, device, backend, settings, progress=progress, log=log)
-    load = warn_if_busy(device, log)
-    jobs = [variant_job(model, space, None, "full")] + [variant_job(model, space, w, f"v{i}")
-                                                        for i, w in enumerate(configs)]
-    log(f"validating: {n} random pruned variant(s) of {model.name} measured end to end (+ the full model)")
-    timings, errs = measurer.measure(jobs, settings.model_rounds, settings.series(models=True),
-                                     description="validation variants")
-    ref = result.reference_ms
-    full = timings.get("full")
-    if full is None:
-        raise BenchError(f"cannot measure {model.name} end to end: {errs.get('full', 'no result')}")
-    full_profile = pred.calibration.full_ms
-
-    def unit(tm: Timing) -> float:  # the bundle's reference layer -> the table's unit
-        return tm.ms * (ref / tm.ref_ms if (ref and tm.ref_ms) else 1.0)
-
-    def vs_full(tm: Timing) -> float:
-        """``tm`` rescaled to the profiling session by the full model timed in the same
-        interleaved rounds (both estimated with :func:`~edgeprune.latency.entry.robust_ms`)."""
-        return tm.ms / full.ms * full_profile
-
-    rows, pairs, raw_pairs, unit_pairs, fpairs = [], [], [], [], []
-    for i, w in enumerate(configs):
-        tm = timings.get(f"v{i}")
-        if tm is None:
-            log(f"variant {i} failed: {errs.get(f'v{i}', 'no result')}")
-            continue
-        meas = vs_full(tm)
-        p, pf = pred.predict(w), pred.predict_flops(w)
-        pairs.append((p, meas))
-        raw_pairs.append((p, tm.ms))
-        unit_pairs.append((p, unit(tm)))
-        fpairs.append((pf, meas))
-        rows.append({"widths": w, "measured_ms": round(meas, 4), "predicted_ms": round(p, 4),
-                     "error_pct": round(100 * (p - meas) / meas, 3), "raw_measured_ms": round(tm.ms, 4),
-                     "unit_measured_ms": round(unit(tm), 4),
-                     "flops_predicted_ms": round(pf, 4), "flops_error_pct": round(100 * (pf - meas) / meas, 3),
-                     "macs_fraction": round(space.macs(w) / space.macs(), 4),
-                     "rounds_ms": [round(r, 4) for r in tm.rounds], "reference_ms": tm.ref_ms})
-    if not pairs:
-        raise BenchError("no validation variant could be measured")
-    full_now = unit(full)
-    drift = full.ms / full_profile
-    if progress:
-        progress.close()
-    return ValidationReport(
-        model=model.spec, backend=backend, method=pred.calibration.method, widths_mode=widths_mode, variants=rows,
-        stats=error_stats(pairs), raw_stats=error_stats(raw_pairs), flops_stats=error_stats(fpairs),
-        unit_stats=error_stats(unit_pairs), full_ms_profile=full_profile, full_ms_now=full_now, drift=drift,
-        seconds=time.perf_counter() - t0, busy_cpus=load, full_rounds_ms=list(full.rounds),
-        unsteady_series=measurer.unsteady_series,
-    )

@@ -27,6 +27,9 @@ from edgeprune.prune.options import (PruneGateError, PruneOptions, PruneResult, 
 
 if TYPE_CHECKING:
     from edgeprune.config.devices import Device
+    from edgeprune.latency.adaptive import AdaptiveLatency
+    from edgeprune.latency.settings import ProfileSettings
+    from edgeprune.latency.store import LUTStore
     from edgeprune.config.targets import Target
     from edgeprune.prune.graph import TracedSpace
     from edgeprune.prune.space import LatencyModel
@@ -39,20 +42,30 @@ def _stderr(msg: str) -> None:
 
 
 def default_latency_model(
-    model: LoadedModel, space: "TracedSpace", target: "Target", device: "Device", backend: str | None, log: Log,
-    notes: list[str] | None = None,
-) -> "LatencyModel":
-    """The measured latency table + predictor of ``target`` on ``device`` for ``space``
-    with ``backend`` (default: the target's preferred one), profiled on first use and
-    reused from the cache afterwards (:func:`edgeprune.flows.profile.profile_model`).
-    The profiling is part of the pruning run: ``notes`` gets how many points it measured."""
+    model: LoadedModel, space: "TracedSpace", target: "Target", device: "Device", opts: PruneOptions, log: Log,
+    notes: list[str] | None = None, feasible: "Callable[[LatencyModel], None] | None" = None,
+    profile: "ProfileSettings | None" = None, store: "LUTStore | None" = None,
+) -> "AdaptiveLatency":
+    """The latency model of ``target`` on ``device`` for ``space`` with the options'
+    backend (default: the target's preferred one): the device model plus this model's
+    own points (``opts.tables == "model"``) or a full measured table, profiled on first
+    use and reused from the cache afterwards (:func:`edgeprune.flows.profile.profile_model`).
+    ``feasible`` sees the device model's prediction before anything is measured (an
+    unreachable budget fails in seconds). The profiling is part of the pruning run:
+    ``notes`` gets how it went."""
     from edgeprune.flows.profile import profile_model
+    from edgeprune.latency.grid import GridSettings
+    from edgeprune.latency.settings import ProfileSettings
 
-    name = backend or (list(target.backends) or ["onnxruntime"])[0]
-    result = profile_model(model, target, device, name, space=space, log=log)
+    name = opts.backend or (list(target.backends) or ["onnxruntime"])[0]
+    base = profile or ProfileSettings(grid=GridSettings(lanes=target.fp32_lanes()))
+    settings = dataclasses.replace(base, tables=opts.tables, profile_budget_s=opts.profile_budget_s)
+    result = profile_model(model, target, device, name, settings, store, space=space, log=log, feasible=feasible)
     if notes is not None:
+        notes += result.notes
         notes.append(result.note())
-    return result.predictor
+    assert result.adaptive is not None  # profile_model always builds it
+    return result.adaptive
 
 
 def prune_model(
@@ -64,19 +77,26 @@ def prune_model(
     latency_model: "LatencyModel | None" = None,
     log: Log = _stderr,
     progress: bool = True,
+    profile: "ProfileSettings | None" = None,
+    store: "LUTStore | None" = None,
     **overrides: Any,
 ) -> PruneResult:
     """Prune ``model`` to a latency budget on ``target`` and fine-tune it.
 
     ``options`` (or keyword overrides of its fields, e.g. ``budget=0.5,
     strategy="knapsack"``) say what to do. ``latency_model`` defaults to the measured
-    table of ``target`` on ``device``. Raises :class:`ModelError` for a model that
+    table of ``target`` on ``device``, measured with ``profile`` (default: the
+    target's lanes and the profile defaults; ``options.tables`` and
+    ``options.profile_budget_s`` always apply) into ``store`` (default: the cache). Raises :class:`ModelError` for a model that
     cannot be pruned or traced, :class:`PruneError` for an unreachable budget, and
     :class:`PruneGateError` (carrying the result) when ``max_accuracy_drop`` is missed.
     """
     import torch
 
     from edgeprune.compile.analysis import model_cost
+    from edgeprune.flows.budget import BudgetOutcome, meet_budget
+    from edgeprune.latency.adaptive import AdaptiveLatency
+    from edgeprune.prune.figures import BUDGET_TOLERANCE
     from edgeprune.models.train import evaluate, torch_threads
     from edgeprune.prune.finetune import FinetuneConfig, finetune, recalibrate_bn, subset
     from edgeprune.prune.graph import build_space
@@ -118,26 +138,39 @@ def prune_model(
     notes += space.notes
     if not space.prunable_groups():
         raise PruneError(f"{model.name} has no prunable channel groups", "; ".join(space.notes) or None)
+    def unreachable(lm: "LatencyModel", what: str, slack: float = 0.0) -> None:
+        """Refuse a budget the narrowest widths cannot reach (``what``: by which model)."""
+        ctx0 = SearchContext(module=original, space=space, latency=lm, budget_ms=0.0, scores={})
+        mins = ctx0.min_widths()
+        l0_, l_min = float(lm.predict(space.full_widths())), ctx0.predict(mins)
+        need = opts.latency_ms if opts.latency_ms is not None else opts.budget * l0_  # type: ignore[operator]
+        if l_min <= need * (1 + slack):
+            return
+        fixed = [layer.name for layer in space.layers if not (layer.in_group in mins or layer.out_group in mins)]
+        raise PruneError(
+            f"latency budget {need:.3f} ms ({need / l0_:.2f}x) is unreachable: {what} the original at {l0_:.3f} ms "
+            f"and even the narrowest width of every prunable group at {l_min:.3f} ms ({l_min / l0_:.2f}x)",
+            ("layers that pruning cannot shrink: " + ", ".join(fixed[:8]) + "; ") * bool(fixed)
+            + f"use a budget of at least {l_min / l0_:.2f} of the original"
+            + (" or fewer --keep-layer" if opts.keep_layers else ""),
+        )
+
     if latency_model is None:
         if target is None or device is None:
             raise PruneError("prune_model needs a target and device (or a latency_model)")
-        latency_model = default_latency_model(model, space, target, device, opts.backend, log, notes)
+        def feasible(lm: "LatencyModel") -> None:
+            # before measuring: the device model's layer sum (no remainder yet: a lower
+            # bound of the reachable fraction when the remainder does not shrink), with
+            # 10 % for the device model's error
+            if opts.budget is not None:
+                unreachable(lm, "before measuring anything, the device model predicts", slack=0.10)
 
+        latency_model = default_latency_model(model, space, target, device, opts, log, notes, feasible, profile,
+                                              store)
+    unreachable(latency_model, "the latency model predicts")
     full = space.full_widths()
     l0 = float(latency_model.predict(full))
     budget_ms = opts.latency_ms if opts.latency_ms is not None else opts.budget * l0  # type: ignore[operator]
-    ctx0 = SearchContext(module=original, space=space, latency=latency_model, budget_ms=budget_ms, scores={})
-    mins = ctx0.min_widths()
-    l_min = ctx0.predict(mins)
-    if l_min > budget_ms:
-        fixed = [layer.name for layer in space.layers
-                 if not (layer.in_group in mins or layer.out_group in mins)]
-        raise PruneError(
-            f"latency budget {budget_ms:.3f} ms is unreachable: the original is predicted at {l0:.3f} ms and even "
-            f"the narrowest width of every prunable group is predicted at {l_min:.3f} ms",
-            ("layers that pruning cannot shrink: " + ", ".join(fixed[:8]) + "; ") * bool(fixed)
-            + f"use a budget of at least {l_min / l0:.2f} of the original" + (" or fewer --keep-layer" if opts.keep_layers else ""),
-        )
 
     task = data.task if data is not None else "classification"
     eval_batch = eval_batch_size(original, model)
@@ -148,6 +181,7 @@ def prune_model(
     log(f"pruning {model.name}: predicted {l0:.3f} ms -> budget {budget_ms:.3f} ms "
         f"({budget_ms / l0:.2f}x) with {opts.strategy} / {importance_name}")
 
+    outcome: BudgetOutcome | None = None
     current, cur_space = original, space
     history: list[dict[str, Any]] = []
     widths: dict[str, int] = dict(full)
@@ -167,7 +201,12 @@ def prune_model(
                 rescore=lambda m, sp: importance(m, sp, data), seed=opts.seed + k - 1, log=log,
                 progress=progress, options=opts.strategy_options,
             )
-            res = STRATEGIES.get(opts.strategy)().search(ctx)
+            if k == steps and isinstance(latency_model, AdaptiveLatency):  # the device has the last word
+                outcome = meet_budget(latency_model, lambda b: STRATEGIES.get(opts.strategy)().search(
+                    dataclasses.replace(ctx, budget_ms=b)), step_budget, BUDGET_TOLERANCE, opts.budget_retries, log)
+                res = outcome.result
+            else:
+                res = STRATEGIES.get(opts.strategy)().search(ctx)
             pruned = res.module if res.module is not None else ctx.cut(res.widths)
             t_search += time.perf_counter() - t0
             widths = {**widths, **res.widths}
@@ -210,7 +249,18 @@ def prune_model(
         macs_before=cost_before.macs, macs_after=cost_after.macs,
         max_accuracy_drop=opts.max_accuracy_drop, seed=opts.seed, search_seconds=t_search, finetune_seconds=t_ft,
         history=history, notes=list(dict.fromkeys(notes)), latency_model=type(latency_model).__name__,
+        budget_check=outcome.to_dict() if outcome is not None else None, allow_budget_miss=opts.allow_budget_miss,
     )
+    missed = None
+    if outcome is not None and outcome.measured_fraction is not None:
+        how = (f"measured end to end at {outcome.measured_fraction:.3f}x the original (budget "
+               f"{outcome.target_fraction:.3f}x, tolerance {BUDGET_TOLERANCE:.0%}) after {outcome.searches} search(es) "
+               f"and {len(outcome.checks)} measured variant(s)")
+        if outcome.met:
+            result.notes.append(f"latency budget met: {how}")
+        else:
+            missed = f"latency budget missed: {how}"
+            result.notes.append(missed + (" (allowed by --allow-budget-miss)" if opts.allow_budget_miss else ""))
     if acc_before is not None and acc_after is not None:
         log(f"pruned {model.name}: accuracy {acc_before:.2f}% -> {acc_after:.2f}%, predicted "
             f"{l0:.3f} -> {predicted:.3f} ms, params {result.params_before:,} -> {result.params_after:,}")
@@ -221,6 +271,11 @@ def prune_model(
             f"{predicted:.3f} ms ({predicted / l0:.2f}x of {l0:.3f} ms)",
             result,
             "results were still written; try a looser --latency-budget, more --finetune-epochs or --distill",
+        )
+    if missed and not opts.allow_budget_miss:
+        raise PruneGateError(
+            missed, result,
+            "results were still written; a looser --latency-budget, a larger --profile-budget, or --allow-budget-miss",
         )
     return result
 

@@ -1,4 +1,5 @@
-"""Latency measured on the target: per-layer lookup tables and the predictor pruning uses.
+"""Latency measured on the target: per-layer lookup tables, the device latency model, and
+the predictor pruning uses.
 
 - :mod:`~edgeprune.latency.layers`: one prunable layer as a standalone ONNX graph;
 - :mod:`~edgeprune.latency.grid`: which channel counts to measure, staircase detection;
@@ -14,7 +15,17 @@
 - :mod:`~edgeprune.latency.predictor`: ``LatencyPredictor`` (``predict``, ``candidates``);
 - :mod:`~edgeprune.latency.records`: ``ProfileResult``, ``ValidationReport``;
 - :mod:`~edgeprune.latency.store`: the versioned on-disk cache;
-- :mod:`~edgeprune.latency.plot`: latency-vs-channels PNGs.
+- :mod:`~edgeprune.latency.plot`: latency-vs-channels PNGs;
+- :mod:`~edgeprune.latency.recorder`: ``PointRecorder``, the one writer of measured points;
+- the device latency model, measured once per device and used for every model:
+  :mod:`~edgeprune.latency.opshape` / :mod:`~edgeprune.latency.ops` (non-prunable ops and
+  their graphs), :mod:`~edgeprune.latency.suite` (the calibration suite),
+  :mod:`~edgeprune.latency.features` and :mod:`~edgeprune.latency.devmodel` (features, the
+  fitted regressor and its uncertainty), :mod:`~edgeprune.latency.devmodel_store` (its
+  sidecar file), :mod:`~edgeprune.latency.predicted` (a model's table answered by it),
+  :mod:`~edgeprune.latency.plan` (which of the model's own points to measure within the
+  profile budget), :mod:`~edgeprune.latency.adaptive` (``AdaptiveLatency``: the search's
+  choice confirmed, verified end to end and learned from).
 
 The orchestration (profile a model, validate the predictor) is :mod:`edgeprune.flows.profile`::
 

@@ -57,6 +57,10 @@ class LatencyEntry:
     #: (every one it kept is a complete series); the next profile completes the point
     #: instead of measuring it again from scratch (:func:`edgeprune.latency.points.needed`)
     partial: int = 0
+    #: CPUs other processes kept busy on the (local) device while this point was timed
+    #: (:func:`edgeprune.host.busy_cores`; 0 = idle or unknown): a table or device model
+    #: measured busy is known as such and never reused silently as quiet
+    busy: float = 0.0
 
     @property
     def spread(self) -> float:
@@ -76,7 +80,7 @@ class LatencyEntry:
     def merged(self, rounds: list[float], runs: int, scale: float = 1.0) -> "LatencyEntry":
         allr = list(self.rounds) + list(rounds)
         return LatencyEntry(ms=robust_ms(allr), rounds=allr, runs=self.runs + runs, measured=now_iso(),
-                            scale=scale, remeasured=self.remeasured + 1)
+                            scale=scale, remeasured=self.remeasured + 1, busy=self.busy)
 
     def completed(self, rounds: list[float], runs: int, scale: float = 1.0, partial: int = 0) -> "LatencyEntry":
         """This point cut short by an interruption, with the ``rounds`` it still owed
@@ -84,7 +88,7 @@ class LatencyEntry:
         Not a re-measurement: the point keeps its allowance for noisy re-measurements."""
         allr = list(self.rounds) + list(rounds)
         return LatencyEntry(ms=robust_ms(allr), rounds=allr, runs=self.runs + runs, measured=now_iso(),
-                            scale=scale, remeasured=self.remeasured, partial=partial)
+                            scale=scale, remeasured=self.remeasured, partial=partial, busy=self.busy)
 
     @classmethod
     def from_rounds(cls, rounds: list[float], runs: int, scale: float = 1.0, partial: int = 0) -> "LatencyEntry":
@@ -94,7 +98,7 @@ class LatencyEntry:
     def rescaled(self, factor: float) -> "LatencyEntry":
         return LatencyEntry(ms=self.ms * factor, rounds=[r * factor for r in self.rounds], runs=self.runs,
                             measured=self.measured, scale=self.scale * factor, remeasured=self.remeasured,
-                            partial=self.partial)
+                            partial=self.partial, busy=self.busy)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"ms": round(self.ms, 6), "rounds": [round(r, 6) for r in self.rounds], "runs": self.runs,
@@ -103,6 +107,8 @@ class LatencyEntry:
             d["remeasured"] = self.remeasured
         if self.partial:
             d["partial"] = self.partial
+        if self.busy:
+            d["busy"] = round(self.busy, 2)
         return d
 
     @classmethod
@@ -112,4 +118,5 @@ class LatencyEntry:
         # older estimator read the same way as new ones
         return cls(ms=robust_ms(rounds) if rounds else float(d["ms"]), rounds=rounds, runs=int(d.get("runs", 0)),
                    measured=str(d.get("measured", "")), scale=float(d.get("scale", 1.0)),
-                   remeasured=int(d.get("remeasured", 0)), partial=int(d.get("partial", 0)))
+                   remeasured=int(d.get("remeasured", 0)), partial=int(d.get("partial", 0)),
+                   busy=float(d.get("busy", 0.0)))

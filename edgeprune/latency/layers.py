@@ -10,7 +10,8 @@ conv's epilogue, and whatever they cost is part of the model's measured remainde
 Shapes:
 
 - conv: input ``[rows, cin, H, W]`` (``rows`` is the batch; 1 for the zoo CNNs),
-  weight ``[cout, cin/groups, kh, kw]``; depthwise convs have ``groups = cin = cout``.
+  weight ``[cout, cin/groups, kh, kw]``; depthwise convs have ``groups = cin = cout``,
+  grouped convs ``PrunableLayer.groups`` (cin and cout multiples of it).
 - linear: ``Gemm`` on ``[rows, cin]`` with ``transB=1`` (what torch exports for
   ``nn.Linear`` on a flattened input).
 - lstm / gru: ``X [seq_len, rows, cin]``, one direction, torch gate semantics
@@ -69,9 +70,12 @@ def layer_model(layer: PrunableLayer, cin: int, cout: int, seed: int = 0):
 
     if layer.kind == "conv":
         kh, kw = layer.kernel
-        groups = cin if layer.depthwise else 1
+        groups = cin if layer.depthwise else max(1, int(layer.groups))
         if layer.depthwise and cin != cout:
             raise ValueError(f"depthwise layer '{layer.name}' needs cin == cout, got {cin}->{cout}")
+        if groups > 1 and not layer.depthwise and (cin % groups or cout % groups):
+            raise ValueError(f"grouped conv '{layer.name}' (groups={groups}) needs cin and cout to be multiples of "
+                             f"{groups}, got {cin}->{cout}")
         w = init("W", _weights(rng, (cout, cin // groups, kh, kw), cin // groups * kh * kw))
         ins = ["x", w] + ([init("B", (rng.standard_normal(cout) * 0.1).astype(np.float32))] if layer.bias else [])
         nodes.append(helper.make_node(

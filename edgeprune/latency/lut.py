@@ -87,6 +87,18 @@ def family_of(layer: PrunableLayer, space: PruneSpace) -> Family:
                   lo(layer.out_group, layer.out_channels) if vo else layer.out_channels)
 
 
+def families(space: PruneSpace) -> tuple[dict[str, Family], dict[str, Family]]:
+    """The families of ``space`` by key, and each layer's family (layers of one shape share one)."""
+    fams: dict[str, Family] = {}
+    of: dict[str, Family] = {}
+    for layer in space.layers:
+        f = family_of(layer, space)
+        f = fams.setdefault(f.key, f)
+        f.members.append(layer.name)
+        of[layer.name] = f
+    return fams, of
+
+
 def _noise_tol(entries: Iterable[LatencyEntry], rel_tol: float) -> float:
     spreads = [e.spread for e in entries if len(e.rounds) >= 2]
     if not spreads:
@@ -278,14 +290,8 @@ class LatencyTable:
         self.space = space
         self.grid = grid
         self.entries = entries
-        fams: dict[str, Family] = {}
-        self.family_of: dict[str, Family] = {}
-        for layer in space.layers:
-            f = family_of(layer, space)
-            f = fams.setdefault(f.key, f)
-            f.members.append(layer.name)
-            self.family_of[layer.name] = f
-        self.families = fams
+        self.families, self.family_of = families(space)
+        fams = self.families
         self.tables: dict[str, LayerTable] = {k: LayerTable(f, entries, grid) for k, f in fams.items()}
 
     def table(self, layer_name: str) -> LayerTable:

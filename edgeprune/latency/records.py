@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgeprune.errors import Interrupted, signal_name
 from edgeprune.latency.lut import LatencyTable
 from edgeprune.latency.predictor import LatencyPredictor
 from edgeprune.latency.store import TableKey
+
+if TYPE_CHECKING:
+    from edgeprune.latency.adaptive import AdaptiveLatency
 
 
 @dataclass
@@ -38,15 +41,23 @@ class ProfileResult:
     unsteady_series: int = 0
     #: points an interrupted run had timed in only some rounds, completed by this one
     points_completed: int = 0
+    #: where the layer latencies come from: "model" (the device model + this model's own
+    #: points) or "full" (a measured table of every layer; settings.TABLE_MODES)
+    tables: str = "full"
+    #: the latency model pruning searches with (confirms widths, verifies variants)
+    adaptive: "AdaptiveLatency | None" = None
+    notes: list[str] = field(default_factory=list)
+    device_model: dict[str, Any] | None = None  # points per op kind of the device model used
 
     def note(self) -> str:
         """One line on how the table was obtained (for a pruning run's notes and the
         results database)."""
         k = self.key
         done = f" ({self.points_completed} completed after an interrupted run)" if self.points_completed else ""
-        return (f"latency table ({k.backend} {k.backend_version}, {k.threads} thread(s), {k.timing} timing on "
+        src = "device model + latency table" if self.tables == "model" else "latency table"
+        return (f"{src} ({k.backend} {k.backend_version}, {k.threads} thread(s), {k.timing} timing on "
                 f"{k.target}/{k.device}): {self.points_used} point(s) used, {self.points_measured} measured now{done}, "
-                f"{self.points_reused} reused; {self.table_path}")
+                f"{self.points_reused} reused in {self.seconds:.0f} s; {self.table_path}")
 
     def layer_rows(self) -> list[dict[str, Any]]:
         p = self.predictor
@@ -72,7 +83,9 @@ class ProfileResult:
             "table": str(self.table_path), "points_used": self.points_used, "points_measured": self.points_measured,
             "points_reused": self.points_reused, "points_completed": self.points_completed,
             "model_measured": self.model_measured,
-            "seconds": round(self.seconds, 2), "bundles": self.bundles, "failures": self.failures,
+            "seconds": round(self.seconds, 2), "profile_seconds": round(self.seconds, 2), "table_source": self.tables,
+            "device_model": self.device_model, "notes": list(self.notes),
+            "bundles": self.bundles, "failures": self.failures,
             "reference_ms": self.reference_ms, "unsteady_series": self.unsteady_series,
             "families": len(self.table.families), "layers": len(self.predictor.space.layers),
             "predictor": self.predictor.describe(),
@@ -110,10 +123,19 @@ class ValidationReport:
     busy_cpus: float | None = None  # CPUs other processes kept busy when validation started (local)
     full_rounds_ms: list[float] = field(default_factory=list)  # the unpruned model's raw rounds (validation)
     unsteady_series: int = 0  # series the steady gate marked unsteady
+    #: the drift that had the model's end-to-end calibration measured again (None: it was not)
+    recalibrated_drift: float | None = None
+    #: how the profile judged here was obtained: seconds, points measured for this model, source
+    profile_seconds: float | None = None
+    points_measured: int | None = None
+    tables: str = "full"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             **self.stats,
+            "profile_seconds": None if self.profile_seconds is None else round(self.profile_seconds, 2),
+            "points_measured": self.points_measured, "table_source": self.tables,
+            "recalibrated_drift": self.recalibrated_drift,
             "variants": self.variants,
             "model": self.model, "backend": self.backend, "calibration": self.method, "widths": self.widths_mode,
             "raw": self.raw_stats, "flops_predictor": self.flops_stats, "reference_unit": self.unit_stats,

@@ -23,6 +23,10 @@ from edgeprune.latency.grid import GridSettings
 KERNEL_TIMING_BACKENDS = ("onnxruntime",)
 TIMINGS = ("auto", "kernel", "wall")
 DRIFT_MODES = ("bundle", "local", "none")
+#: where layer latencies come from: "model" = the device latency model (measured once per
+#: device, ``edgeprune device-model build``) plus the few points this model needs; "full" =
+#: a measured table of every layer of the model (the reference the device model is judged by)
+TABLE_MODES = ("model", "full")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,14 @@ class ProfileSettings:
     #: and the layout conversions a standalone graph pays and a model does not; "wall";
     #: "auto" = kernel where the runtime has the counters (KERNEL_TIMING_BACKENDS)
     timing: str = "auto"
+    #: TABLE_MODES; "model" falls back to "full" (and says so) where no device model exists
+    tables: str = "model"
+    #: device seconds a "model" profile may spend measuring this model's own points
+    #: (anchors, uncertain widths, the end-to-end calibration); the pruner's confirmation of
+    #: the widths it chose comes on top
+    profile_budget_s: float = 180.0
+    #: a predicted width whose relative uncertainty exceeds this is measured (within the budget)
+    uncertainty: float = 0.08
 
     def series(self, models: bool = False) -> BenchSettings:
         """How one series is timed: of a layer point, or (``models``) of a whole model.
@@ -69,6 +81,8 @@ class ProfileSettings:
     def check_drift(self) -> None:
         if self.drift not in DRIFT_MODES:
             raise ConfigError(f"unknown drift correction '{self.drift}'; choose {', '.join(DRIFT_MODES)}")
+        if self.tables not in TABLE_MODES:
+            raise ConfigError(f"unknown table mode '{self.tables}'; choose {', '.join(TABLE_MODES)}")
 
 
 def layer_timing(settings: ProfileSettings, backend: str) -> str:

@@ -248,7 +248,7 @@ class LUTStore:
         if not d.is_dir():
             return out
         for p in sorted(d.glob(f"{_safe(key.backend)}-*.json")):
-            if p == self.path_for(key):
+            if p == self.path_for(key) or p.name.endswith(".device-model.json"):  # a table's sidecar
                 continue
             try:
                 other = read_table(p).key

@@ -342,7 +342,7 @@ def _layers(
                 kernel=two(m.kernel_size), stride=two(m.stride),
                 padding=two(m.padding) if not isinstance(m.padding, str) else (0, 0),
                 dilation=two(m.dilation), depthwise=dw, input_hw=(int(hw[0]), int(hw[1])),
-                rows=int(shape[0]), bias=m.bias is not None,
+                rows=int(shape[0]), bias=m.bias is not None, groups=1 if dw else int(m.groups),
             ))
         elif isinstance(m, nn.Linear):
             layers.append(PrunableLayer(

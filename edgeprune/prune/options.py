@@ -52,6 +52,14 @@ class PruneOptions:
     search_eval_samples: int | None = 512
     strategy_options: Mapping[str, Any] = field(default_factory=dict)
     backend: str | None = None  # whose latency table drives the search (default: the target's first)
+    #: where layer latencies come from: "model" (the device latency model + the few points
+    #: this model needs) or "full" (a measured table of every layer)
+    tables: str = "model"
+    profile_budget_s: float = 180.0  # device seconds the "model" profile may spend on this model
+    #: the pruned model is timed end to end after the search; a miss beyond
+    #: BUDGET_TOLERANCE is fed back and searched again at most this many times
+    budget_retries: int = 3
+    allow_budget_miss: bool = False  # a measured miss is a note, not a failed run
 
     def validate(self) -> None:
         if (self.budget is None) == (self.latency_ms is None):
@@ -64,6 +72,12 @@ class PruneOptions:
             raise PruneError("gradual_steps must be at least 1")
         if self.max_accuracy_drop is not None and self.max_accuracy_drop < 0:
             raise PruneError("--max-accuracy-drop must be >= 0 (accuracy points)")
+        if self.tables not in ("model", "full"):
+            raise PruneError(f"--tables must be 'model' or 'full', not {self.tables!r}")
+        if not self.profile_budget_s > 0:
+            raise PruneError(f"--profile-budget must be positive, got {self.profile_budget_s} s")
+        if self.budget_retries < 0:
+            raise PruneError("budget_retries must be >= 0")
 
 
 @dataclass
@@ -95,6 +109,14 @@ class PruneResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     latency_model: str = ""
+    #: the pruned model timed end to end against the budget (flows.budget.BudgetOutcome.to_dict)
+    budget_check: dict[str, Any] | None = None
+    allow_budget_miss: bool = False
+
+    @property
+    def budget_missed(self) -> bool:
+        """Measured end to end and beyond the tolerance (False when not measured)."""
+        return bool(self.budget_check) and self.budget_check.get("met") is False  # type: ignore[union-attr]
 
     @property
     def accuracy_drop(self) -> float | None:
@@ -125,6 +147,8 @@ class PruneResult:
             "search_seconds": round(self.search_seconds, 2),
             "finetune_seconds": round(self.finetune_seconds, 2),
             "latency_model": self.latency_model,
+            "budget_check": self.budget_check,
+            "measured_fraction": (self.budget_check or {}).get("measured_fraction"),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,8 +163,9 @@ class PruneResult:
 
 
 class PruneGateError(PruneError):
-    """The accuracy gate failed. ``result`` holds everything that was produced, so the
-    caller can still write it out (nothing is lost)."""
+    """The accuracy gate failed, or the pruned model measured end to end missed its
+    latency budget. ``result`` holds everything that was produced, so the caller can
+    still write it out (nothing is lost)."""
 
     def __init__(self, message: str, result: PruneResult, hint: str | None = None) -> None:
         super().__init__(message, hint)

@@ -49,6 +49,9 @@ class PrunableLayer:
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
     depthwise: bool = False  # groups == channels (in and out follow one group)
+    #: a grouped conv (1 < groups, not depthwise: ResNeXt / RegNet blocks): each output
+    #: channel reads cin / groups inputs, so it costs 1 / groups of a dense conv's MACs
+    groups: int = 1
     input_hw: tuple[int, int] | None = None  # conv: spatial size of the input
     rows: int = 1  # linear: product of leading dims (batch x tokens); rnn: batch
     seq_len: int = 1  # rnn: time steps
@@ -72,7 +75,7 @@ class PrunableLayer:
             parts += [f"k{self.kernel[0]}x{self.kernel[1]}", f"s{self.stride[0]}x{self.stride[1]}",
                       f"p{self.padding[0]}x{self.padding[1]}", f"d{self.dilation[0]}x{self.dilation[1]}",
                       f"hw{self.input_hw[0]}x{self.input_hw[1]}" if self.input_hw else "hw?",
-                      "dw" if self.depthwise else "dense"]
+                      "dw" if self.depthwise else (f"g{self.groups}" if self.groups > 1 else "dense")]
         elif self.kind == "linear":
             parts += [f"r{self.rows}"]
         else:
@@ -96,7 +99,7 @@ class PrunableLayer:
             h, w = self.input_hw or (1, 1)
             oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
             ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
-            per_out = self.kernel[0] * self.kernel[1] * (1 if self.depthwise else cin)
+            per_out = self.kernel[0] * self.kernel[1] * (1 if self.depthwise else cin // max(1, self.groups))
             return oh * ow * cout * per_out
         if self.kind == "linear":
             return self.rows * cin * cout

@@ -1,0 +1,98 @@
+"""``meet_budget``: search, then make the device agree, a bounded number of times.
+
+The search works on a latency model; the budget is about the artifact. Measured on this
+project's host before this existed: ``--latency-budget 0.5`` gave an artifact measured at
+0.70x that the tables predicted at 0.50x, and the run exited 0. Here the search's choice
+goes through :class:`~edgeprune.latency.adaptive.AdaptiveLatency`:
+
+1. **confirm**: the layer points the chosen widths use are measured (or measured again);
+   if that moves the prediction of the choice by more than :data:`MOVED`, search again
+   (at most :data:`CONFIRM_ROUNDS` times);
+2. **verify**: the pruned variant is timed end to end beside the full model;
+3. a miss beyond the tolerance is **learned** (the variant joins the calibration) and,
+   when the corrected model still believes the choice fits, the search budget is scaled by
+   what the measurement said (NetAdapt's correction); then search again — at most
+   ``retries`` times.
+
+The outcome says whether the measured fraction met the budget; the caller fails the run
+(the pruning exit code, everything kept) unless a miss was allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edgeprune.latency.adaptive import AdaptiveLatency, VariantCheck
+    from edgeprune.prune.strategies.base import SearchResult
+
+Log = Callable[[str], None]
+
+#: a confirmation that moves the choice's prediction by more than this re-runs the search
+MOVED = 0.02
+CONFIRM_ROUNDS = 3
+
+
+@dataclass
+class BudgetOutcome:
+    result: "SearchResult"
+    target_fraction: float
+    tolerance: float
+    checks: list["VariantCheck"] = field(default_factory=list)
+    searches: int = 1
+    points_confirmed: int = 0
+
+    @property
+    def measured_fraction(self) -> float | None:
+        return self.checks[-1].fraction if self.checks else None
+
+    @property
+    def met(self) -> bool | None:
+        f = self.measured_fraction
+        return None if f is None else f <= self.target_fraction * (1 + self.tolerance)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measured_fraction": None if self.measured_fraction is None else round(self.measured_fraction, 4),
+                "budget_fraction": round(self.target_fraction, 4), "tolerance": self.tolerance, "met": self.met,
+                "searches": self.searches, "points_confirmed": self.points_confirmed,
+                "attempts": [c.to_dict() for c in self.checks]}
+
+
+def meet_budget(lm: "AdaptiveLatency", search: Callable[[float], "SearchResult"], budget_ms: float,
+                tolerance: float, retries: int, log: Log) -> BudgetOutcome:
+    """Search under ``budget_ms`` and verify on the device (module docstring).
+    ``search(budget_ms)`` runs the strategy with that budget and returns its result."""
+    full: Mapping[str, int] = lm.space.full_widths()
+    target = budget_ms / lm.predict(full)
+    search_budget = budget_ms
+    res = search(search_budget)
+    out = BudgetOutcome(res, target, tolerance)
+    for attempt in range(retries + 1):
+        for _ in range(CONFIRM_ROUNDS):
+            before = lm.predict(res.widths)
+            n = lm.confirm(res.widths)
+            out.points_confirmed += n
+            after = lm.predict(res.widths)
+            if not n or abs(after / before - 1) <= MOVED:
+                break
+            log(f"measuring the chosen widths moved their prediction {before:.3f} -> {after:.3f} ms: searching again")
+            res = search(search_budget)
+            out.searches += 1
+        check = lm.verify(res.widths)
+        out.result = res
+        out.checks.append(check)
+        log(f"pruned model measured end to end: {check.fraction:.3f}x the original (budget {target:.3f}x "
+            f"+{tolerance:.0%}, predicted {check.predicted_fraction:.3f}x)")
+        if out.met or attempt == retries:
+            break
+        lm.learn(check)
+        still = lm.predict(res.widths) / lm.predict(full)
+        if still <= target * (1 + tolerance):  # the corrected model still believes it: trust the device
+            search_budget *= target / check.fraction
+        log(f"budget missed: the measurement now corrects the latency model (it predicts {still:.3f}x for that "
+            f"choice); searching again ({attempt + 2}/{retries + 1})")
+        res = search(search_budget)
+        out.searches += 1
+    return out

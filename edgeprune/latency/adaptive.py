@@ -1,0 +1,180 @@
+"""The latency model pruning searches with, and the two ways it learns from the device
+while the search runs: :class:`AdaptiveLatency`.
+
+A table (measured in full, or predicted by the device model, :mod:`~.predicted`) is a
+belief; the device is the truth. Two things go wrong when a search trusts the belief
+blindly, both measured on this project's host: a search over noisy tables picks the
+widths where the tables had their luckiest low points (widths 56, 112, 120, 184 ...,
+predicted 0.50x, measured 0.70x), and a predicted table is off for layers unlike the
+suite. So the search's answer is checked before it is trusted:
+
+* :meth:`confirm`: every layer point the chosen widths use is measured if it was only
+  predicted, and measured again if it was timed only once (a lucky low point cannot
+  decide); the table and predictor are rebuilt, and the caller searches again when the
+  prediction of its choice moved;
+* :meth:`verify`: the pruned variant is timed end to end next to the full model (one
+  bundle, interleaved rounds: the measured *fraction* is free of the host's drift);
+* :meth:`learn`: a measured variant joins the calibration variants (stored with the
+  model's measurements in the table file), so the remainder model is fitted on it and
+  the next search knows what this region of widths really costs.
+
+NetAdapt measures every proposal; this measures the few the search settles on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from edgeprune.latency.entry import LatencyEntry
+from edgeprune.latency.layer_bundle import layer_job
+from edgeprune.latency.lut import LatencyTable, Point
+from edgeprune.latency.points import REMEASURE_ROUNDS
+from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement
+from edgeprune.latency.recorder import PointRecorder
+from edgeprune.latency.settings import ProfileSettings
+from edgeprune.latency.variants import variant_job
+from edgeprune.prune.space import PruneSpace
+
+if TYPE_CHECKING:
+    from edgeprune.latency.measurer import BundleMeasurer
+    from edgeprune.models.base import LoadedModel
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class VariantCheck:
+    """A pruned variant timed end to end beside the full model (raw ms, same bundle)."""
+
+    widths: dict[str, int]
+    pruned_ms: float
+    full_ms: float
+    predicted_fraction: float
+    rounds: list[float] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return self.pruned_ms / self.full_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measured_fraction": round(self.fraction, 4), "predicted_fraction": round(self.predicted_fraction, 4),
+                "pruned_ms": round(self.pruned_ms, 4), "full_ms": round(self.full_ms, 4)}
+
+
+class AdaptiveLatency:
+    """``predict`` / ``candidates`` of the current predictor, plus :meth:`confirm`,
+    :meth:`verify` and :meth:`learn` (see the module docstring). ``make_table`` rebuilds
+    the table from the recorder's entries (a :class:`LatencyTable` or a
+    :class:`~edgeprune.latency.predicted.PredictedTable`)."""
+
+    def __init__(self, model: "LoadedModel", space: PruneSpace, make_table: Callable[[], Any],
+                 measurements: ModelMeasurements, fingerprint: str, recorder: PointRecorder,
+                 measurer: "BundleMeasurer", settings: ProfileSettings, log: Log) -> None:
+        self.model, self.space, self.make_table = model, space, make_table
+        self.measurements = measurements
+        self.fingerprint = fingerprint
+        self.recorder, self.measurer, self.settings, self.log = recorder, measurer, settings, log
+        self.confirmed: set[str] = set()
+        self.checks: list[VariantCheck] = []
+        self.points_confirmed = 0
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self.table = self.make_table()
+        self.predictor = LatencyPredictor(self.space, self.table, self.measurements)
+
+    # ---- LatencyModel --------------------------------------------------------------------
+    def predict(self, widths: Mapping[str, int]) -> float:
+        return self.predictor.predict(widths)
+
+    def candidates(self, group: str) -> list[int]:
+        return self.predictor.candidates(group)
+
+    # ---- learning from the device ---------------------------------------------------------
+    def _points(self, widths: Mapping[str, int]) -> dict[str, tuple[Point, Any]]:
+        full = {**self.space.full_widths(), **widths}
+        out: dict[str, tuple[Point, Any]] = {}
+        for layer in self.space.layers:
+            fam = self.table.family_of[layer.name]
+            p = fam.point(*layer.dims(full))
+            out.setdefault(p.signature, (p, fam.layer))
+        return out
+
+    def confirm(self, widths: Mapping[str, int]) -> int:
+        """Measure the layer points ``widths`` uses that are only predicted, and once more
+        those timed in a single batch of rounds (each point is confirmed once); rebuild.
+        Returns how many points were measured."""
+        entries = self.recorder.entries
+        new, again = [], []
+        for sig, (p, layer) in self._points(widths).items():
+            if sig in self.confirmed:
+                continue
+            e = entries.get(sig)
+            if e is None or e.partial:
+                new.append(layer_job(p, layer, self.recorder.key.timing))
+            elif e.remeasured == 0 and len(e.rounds) <= self.settings.rounds:
+                again.append(layer_job(p, layer, self.recorder.key.timing))
+            self.confirmed.add(sig)
+        if not new and not again:
+            return 0
+        self.log(f"confirming the chosen widths: {len(new)} point(s) measured, {len(again)} re-measured")
+        if new:
+            self.recorder.measure(new, "new", self.settings.rounds, self.settings.series(), "confirming widths")
+        if again:
+            self.recorder.measure(again, "remeasure", REMEASURE_ROUNDS, self.settings.series(), "re-measuring widths")
+        self.points_confirmed += len(new) + len(again)
+        self._rebuild()
+        return len(new) + len(again)
+
+    def verify(self, widths: Mapping[str, int]) -> VariantCheck:
+        """Time the variant pruned to ``widths`` end to end next to the full model."""
+        from edgeprune.errors import BenchError
+
+        jobs = [variant_job(self.model, self.space, None, "full"), variant_job(self.model, self.space, widths, "pruned")]
+        timings, errs = self.measurer.measure(jobs, self.settings.model_rounds, self.settings.series(models=True),
+                                              description="pruned model end to end")
+        full, pruned = timings.get("full"), timings.get("pruned")
+        if full is None or pruned is None:
+            raise BenchError(f"cannot time the pruned model end to end: {errs.get('pruned') or errs.get('full')}")
+        full_pred = self.predict(self.space.full_widths())
+        check = VariantCheck(dict(widths), pruned.ms, full.ms, self.predict(widths) / full_pred,
+                             rounds=[r * self.measurements.full.ms / full.ms for r in pruned.rounds])
+        self.checks.append(check)
+        return check
+
+    def learn(self, check: VariantCheck) -> None:
+        """Add a measured variant to the calibration (in the profile's unit: its measured
+        fraction of the full model times the full model as profiled), store it, refit."""
+        rounds = check.rounds or [check.fraction * self.measurements.full.ms]
+        entry = LatencyEntry.from_rounds(rounds, runs=0)
+        self.measurements.variants.append(VariantMeasurement(dict(check.widths), entry))
+        self.recorder.save({}, {self.fingerprint: {**self.measurements.to_dict(), "space": self.space.to_dict()}})
+        self._rebuild()
+
+    def recalibrate(self) -> None:
+        """Measure the full model and the calibration variants again, now (the machine's
+        state changed since they were measured), store them and refit the remainder."""
+        from edgeprune.errors import BenchError
+
+        m = self.measurements
+        jobs = [variant_job(self.model, self.space, None, "full")] + [
+            variant_job(self.model, self.space, v.widths, f"cal{i}") for i, v in enumerate(m.variants)]
+        timings, errs = self.measurer.measure(jobs, self.settings.model_rounds, self.settings.series(models=True),
+                                              description="model + calibration variants (again)")
+        if "full" not in timings:
+            raise BenchError(f"cannot measure {self.model.name} end to end: {errs.get('full', 'no result')}")
+        unit = self.recorder.unit
+        self.measurements = ModelMeasurements(
+            fingerprint=self.fingerprint, name=m.name, full=unit.entry(timings["full"]),
+            variants=[VariantMeasurement(v.widths, unit.entry(timings[f"cal{i}"])) for i, v in enumerate(m.variants)
+                      if f"cal{i}" in timings])
+        self.recorder.save({}, {self.fingerprint: {**self.measurements.to_dict(), "space": self.space.to_dict()}})
+        self._rebuild()
+
+    # ---- for reports -------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        return {**self.predictor.describe(), "points_confirmed": self.points_confirmed,
+                "variant_checks": [c.to_dict() for c in self.checks],
+                "table": "predicted" if not isinstance(self.table, LatencyTable) else "measured"}

@@ -1,0 +1,246 @@
+"""The device latency model in use: a model profiled with ``--tables model`` measures only
+what it needs, an unreachable budget is refused before any measurement, the pruned model
+is timed end to end against the budget, and measurements taken in another machine state
+are measured again instead of trusted.
+
+Everything is measured for real with ONNX Runtime through the bundle runner, on the
+tests' tiny calibration suite (``size="tiny"``) and tiny models, with short series.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from edgeprune.config.devices import LOCAL
+from edgeprune.latency.entry import LatencyEntry
+from edgeprune.latency.grid import GridSettings
+from edgeprune.latency.settings import ProfileSettings
+from edgeprune.latency.store import LUTStore
+
+TINY = "tests.lut_models:tiny_cnn"
+SMALL = "tests.lut_models:small_cnn"  # compute-bound: pruning moves its latency
+
+
+def fast(target, **kw) -> ProfileSettings:
+    base = dict(grid=GridSettings(lanes=target.fp32_lanes(), density="coarse"), rounds=1, warmup=1, min_runs=3,
+                min_time_s=0.003, model_rounds=2, model_min_runs=3, model_min_time_s=0.02, calibration_variants=2,
+                gate=False, profile_budget_s=60.0)
+    return ProfileSettings(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A device model of this host built from the tiny suite into its own cache."""
+    from edgeprune.config.targets import get_target
+    from edgeprune.flows.device_model import build_device_model
+
+    root = tmp_path_factory.mktemp("devmodel")
+    target = get_target("host")
+    store = LUTStore(root / "lut")
+    build_device_model(target, LOCAL, "onnxruntime", fast(target), store=store, size="tiny", log=lambda m: None)
+    return target, root
+
+
+def _fresh_store(built, tmp_path) -> LUTStore:
+    """A copy of the built cache, so each test starts from the device model alone."""
+    import shutil
+
+    _, root = built
+    shutil.copytree(root / "lut", tmp_path / "lut")
+    return LUTStore(tmp_path / "lut")
+
+
+def _entries(store: LUTStore) -> dict:
+    (path,) = [p for p in store.root.rglob("*.json") if not p.name.endswith(".device-model.json")]
+    return json.loads(path.read_text())
+
+
+def test_a_new_model_is_profiled_from_the_device_model_with_few_points(built, tmp_path):
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.models.spec import load_model
+
+    target, _ = built
+    model = load_model(TINY)
+    logs: list[str] = []
+    r = profile_model(model, target, LOCAL, "onnxruntime", fast(target), _fresh_store(built, tmp_path),
+                      log=logs.append)
+    full = profile_model(model, target, LOCAL, "onnxruntime", fast(target, tables="full"),
+                         LUTStore(tmp_path / "full"), log=lambda m: None)
+    assert r.tables == "model" and full.tables == "full"
+    assert 0 < r.points_measured < full.points_measured, (r.points_measured, full.points_measured)
+    assert r.device_model and r.device_model["points"] > 0
+    d = r.to_dict()
+    assert d["table_source"] == "model" and d["profile_seconds"] > 0
+    # every layer is answered; a measured point is answered as measured
+    widths = r.predictor.space.full_widths()
+    assert math.isfinite(r.predictor.predict(widths)) and r.predictor.predict(widths) > 0
+    for layer in r.predictor.space.layers:
+        t = r.table.table(layer.name)
+        ci, co = layer.dims(widths)
+        e = r.table.entries.get(t.family.layer.signature(ci, co))
+        assert e is not None, f"{layer.name} was not measured at full width (an anchor)"
+        assert t.ms(ci, co) == pytest.approx(e.ms)
+    assert any("device model: measuring" in m for m in logs)
+
+
+def test_without_a_device_model_the_full_table_is_measured_and_the_run_says_so(tmp_path, host_target):
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.models.spec import load_model
+
+    logs: list[str] = []
+    r = profile_model(load_model(TINY), host_target, LOCAL, "onnxruntime", fast(host_target), LUTStore(tmp_path),
+                      log=logs.append)
+    assert r.tables == "full"
+    assert any("no device model" in n and "device-model build" in n for n in r.notes)
+    assert any("no device model" in m for m in logs)
+
+
+def test_an_unreachable_budget_is_refused_before_anything_is_measured(built, tmp_path):
+    from edgeprune.errors import PruneError
+    from edgeprune.flows.prune import prune_model
+    from edgeprune.models.spec import load_model
+
+    target, _ = built
+    store = _fresh_store(built, tmp_path)
+    before = _entries(store)["entries"].keys()
+    with pytest.raises(PruneError, match="before measuring anything") as exc:
+        prune_model(load_model(TINY), target, LOCAL, budget=0.01, progress=False, log=lambda m: None,
+                    store=store)
+    assert "use a budget of at least" in (exc.value.hint or "")
+    assert _entries(store)["entries"].keys() == before  # not one point measured
+
+
+def test_the_pruned_model_is_timed_against_the_budget(built, tmp_path):
+    from edgeprune.flows.prune import prune_model
+    from edgeprune.models.spec import load_model
+
+    target, _ = built
+    res = prune_model(load_model(SMALL), target, LOCAL, budget=0.6, importance="l1", finetune_epochs=0,
+                      progress=False, log=lambda m: None, store=_fresh_store(built, tmp_path),
+                      allow_budget_miss=True)
+    check = res.budget_check
+    assert check is not None and check["attempts"], check
+    assert 0 < check["measured_fraction"] < 1.5
+    assert check["met"] == (check["measured_fraction"] <= 0.6 * (1 + check["tolerance"]))
+    assert res.to_dict()["measured_fraction"] == check["measured_fraction"]
+    assert any("latency budget" in n for n in res.notes)
+
+
+def test_a_missed_budget_fails_the_run_with_the_pruning_exit_code_and_keeps_the_result(built, tmp_path):
+    """A latency model that believes every pruned width costs half of what it does: the
+    search's choice is timed on the device and misses; with no retry allowed the run fails
+    with the pruning exit code (8) and the result is kept. The device measurements are
+    real. (With retries, the measured miss scales the search budget and the next choice
+    is measured again: ``searches`` counts them.)"""
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.flows.prune import prune_model
+    from edgeprune.latency.adaptive import AdaptiveLatency
+    from edgeprune.models.spec import load_model
+    from edgeprune.prune.options import PruneGateError
+
+    class Optimist(AdaptiveLatency):
+        def predict(self, widths):
+            full = self.space.full_widths()
+            real = super().predict(widths)
+            return real if dict(widths) == full else 0.5 * real
+
+    target, _ = built
+    model = load_model(SMALL)
+    r = profile_model(model, target, LOCAL, "onnxruntime", fast(target), _fresh_store(built, tmp_path),
+                      log=lambda m: None)
+    a = r.adaptive
+    liar = Optimist(model, a.space, a.make_table, a.measurements, a.fingerprint, a.recorder, a.measurer, a.settings,
+                    a.log)
+    with pytest.raises(PruneGateError, match="latency budget missed") as exc:
+        prune_model(model, latency_model=liar, budget=0.55, importance="l1", finetune_epochs=0, progress=False,
+                    log=lambda m: None, budget_retries=0)
+    assert exc.value.exit_code == 8
+    check = exc.value.result.budget_check
+    assert check["met"] is False and len(check["attempts"]) == 1, check
+    assert check["attempts"][0]["measured_fraction"] > 0.55 * 1.05 > check["attempts"][0]["predicted_fraction"]
+    assert exc.value.result.module is not None  # everything produced is kept for the caller to write
+
+
+def test_cached_model_measurements_taken_busy_are_measured_again_on_a_quiet_device(built, tmp_path):
+    """Measured busy, reused quiet: measured again, not trusted as quiet."""
+    from edgeprune import host
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.latency.predicted import is_busy
+    from edgeprune.models.spec import load_model
+
+    target, _ = built
+    store = _fresh_store(built, tmp_path)
+    model = load_model(TINY)
+    profile_model(model, target, LOCAL, "onnxruntime", fast(target), store, log=lambda m: None)
+    (path,) = [p for p in store.root.rglob("*.json") if not p.name.endswith(".device-model.json")]
+    data = json.loads(path.read_text())
+    if is_busy(host.busy_cores()):
+        pytest.skip("this host is busy now: a busy measurement is what it would take again")
+    for m in data["models"].values():
+        m["full"]["busy"] = 64.0  # as if other work had kept every CPU busy
+    path.write_text(json.dumps(data))
+    logs: list[str] = []
+    r = profile_model(model, target, LOCAL, "onnxruntime", fast(target), store, log=logs.append)
+    assert r.model_measured, "busy measurements were reused as if quiet"
+    assert any("measuring them again" in m for m in logs)
+
+
+def test_validation_remeasures_the_calibration_when_the_machine_drifted(built, tmp_path):
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.flows.validate import validate
+    from edgeprune.models.spec import load_model
+
+    target, _ = built
+    store = _fresh_store(built, tmp_path)
+    model = load_model(TINY)
+    s = fast(target)
+    profile_model(model, target, LOCAL, "onnxruntime", s, store, log=lambda m: None)
+    (path,) = [p for p in store.root.rglob("*.json") if not p.name.endswith(".device-model.json")]
+    data = json.loads(path.read_text())
+    for m in data["models"].values():  # the profile "ran" on a machine 3x slower
+        m["full"]["rounds"] = [r * 3 for r in m["full"]["rounds"]]
+        for v in m["variants"]:
+            v["rounds"] = [r * 3 for r in v["rounds"]]
+    path.write_text(json.dumps(data))
+    r = profile_model(model, target, LOCAL, "onnxruntime", s, store, log=lambda m: None)
+    logs: list[str] = []
+    rep = validate(model, r, target, LOCAL, "onnxruntime", n=3, settings=s, log=logs.append)
+    assert rep.recalibrated_drift is not None and rep.recalibrated_drift < 0.6
+    assert any("measuring" in m and "calibration again" in m for m in logs)
+    assert rep.to_dict()["points_measured"] is not None
+
+
+def test_predicted_widths_near_a_measured_point_follow_its_correction():
+    """Pure arithmetic of the predicted table: one measured point 30 % above the device
+    model fixes the level of its family near it, and is answered exactly itself."""
+    from edgeprune.latency.devmodel import DeviceModel
+    from edgeprune.latency.predicted import PredictedLayerTable, PredictedTable
+    from edgeprune.prune.space import PrunableLayer, PruneGroup, PruneSpace
+
+    def conv(ci: int, co: int, hw: int = 14) -> PrunableLayer:
+        return PrunableLayer("c", "conv", ci, co, kernel=(3, 3), padding=(1, 1), input_hw=(hw, hw))
+
+    # a smooth, known latency surface (ms ~ MACs) sampled on a grid: the device model's data
+    entries = {}
+    for hw in (7, 14, 28):
+        for ci in (16, 32, 48, 64, 96, 128):
+            for co in (16, 32, 48, 64, 96, 128):
+                L = conv(ci, co, hw)
+                entries[L.signature()] = LatencyEntry.from_rounds([1e-6 * L.macs(ci, co) + 0.01], runs=3)
+    dm = DeviceModel.fit(entries, lanes=8)
+    # at 10x10, a size between the fitted ones: the family's only measured point is the one below
+    layer = dataclasses.replace(conv(128, 128, hw=10), name="c", in_group=None, out_group="g")
+    space = PruneSpace(groups={"g": PruneGroup("g", 128, ("c",), min_size=8)}, layers=[layer])
+    plain = PredictedTable(space, {}, dm, GridSettings(lanes=8)).table("c")
+    assert isinstance(plain, PredictedLayerTable)
+    measured = dict(entries)
+    sig = layer.signature(128, 128)
+    measured[sig] = LatencyEntry.from_rounds([1.3 * plain.ms(128, 128)], runs=3)
+    t = PredictedTable(space, measured, dm, GridSettings(lanes=8)).table("c")
+    assert t.ms(128, 128) == pytest.approx(measured[sig].ms)
+    assert t.ms(120, 128) / plain.ms(120, 128) == pytest.approx(1.3, rel=0.05)  # near: corrected
+    assert t.uncertainty(128, 128) == 0.0 and t.uncertainty(120, 128) < plain.uncertainty(120, 128)
