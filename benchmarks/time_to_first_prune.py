@@ -53,6 +53,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -276,10 +277,10 @@ def run_row(ep: Edgeprune, name: str, backend: str, mode: str, original_onnx: Pa
 
 def recheck(original: Path, pruned: Path, backend: str, work: Path, rounds: int) -> dict:
     """The pruned artifact's latency as a fraction of the original's, both timed in the same
-    interleaved rounds through the library (``prepare`` + ``measure``, as compile does)."""
-    import numpy as np
-
+    interleaved rounds through the library (``prepare`` + ``measure``, as compile does): the
+    median of the per-round ratios (and the ratio of the two fast states, as compile picks)."""
     from edgeprune.bench.measure import measure
+    from edgeprune.bench.rounds import fast_state_ms
     from edgeprune.bench.settings import BenchSettings
     from edgeprune.compile.prepare import PrepareOptions, Variant, prepare
     from edgeprune.config.devices import LOCAL
@@ -296,14 +297,16 @@ def recheck(original: Path, pruned: Path, backend: str, work: Path, rounds: int)
     m = measure(prepared.bundle, [LOCAL], rounds=rounds, timeout_s=settings.timeout_s, log=quiet)[LOCAL.name]
     if m.error:
         raise RuntimeError(m.error)
-    med = {k: float(np.median(m.round_medians[f"{k}:{backend}"])) for k in paths}
-    return {"original_ms": med["original"], "pruned_ms": med["pruned"], "fraction": med["pruned"] / med["original"],
-            "rounds": rounds}
+    rm = {k: m.round_medians[f"{k}:{backend}"] for k in paths}
+    ratios = [p / o for p, o in zip(rm["pruned"], rm["original"])]  # round by round: the host's drift cancels
+    return {"original_ms": median(rm["original"]), "pruned_ms": median(rm["pruned"]), "fraction": median(ratios),
+            "round_ratios": [round(r, 4) for r in ratios],
+            "fast_state_fraction": fast_state_ms(rm["pruned"]) / fast_state_ms(rm["original"])}
 
 
 # --------------------------------------------------------------------------- summary
-def fmt(x, spec: str = ".0f", none: str = "–") -> str:
-    return none if x is None else format(x, spec)
+def fmt(x, spec: str = ".0f", scale: float = 1) -> str:
+    return "–" if x is None else format(x * scale, spec)
 
 
 def derived(rows: dict) -> dict:
@@ -350,7 +353,8 @@ def render(results: dict, builds: dict, backends: list[str], models: list[str]) 
                 f"| {name} | {fmt(m.get('profile_s'))} / {fmt(f.get('profile_s'))} / {fmt(d['ratio'], '.1f')}x | "
                 f"{fmt(m.get('points'), 'd')} / {fmt(f.get('points'), 'd')} | {fmt(m.get('ttfp_s'))} / "
                 f"{fmt(f.get('ttfp_s'))} | {_frac(m)} | {_frac(f)} | {fmt(m.get('median'), '.2f')} / "
-                f"{fmt(f.get('median'), '.2f')} | {fmt(pct(m.get('within')))} / {fmt(pct(f.get('within')))} |")
+                f"{fmt(f.get('median'), '.2f')} | {fmt(m.get('within'), '.0f', 100)} / "
+                f"{fmt(f.get('within'), '.0f', 100)} |")
             if m:
                 aims["ratio"].append(None if d["ratio"] is None else d["ratio"] >= 5)
                 if name == "resnet18":
@@ -368,10 +372,6 @@ def render(results: dict, builds: dict, backends: list[str], models: list[str]) 
               "measured (tool: the prune JSON's measured_fraction; recheck: this script, interleaved rounds); errors",
               "over the validation variants measured end to end. The host is shared and noisy: read the ratios."]
     return "\n".join(lines)
-
-
-def pct(x):
-    return None if x is None else 100 * x
 
 
 def _frac(x: dict) -> str:
@@ -400,7 +400,7 @@ def main() -> int:
     ap.add_argument("--profile-budget", default=None, help="--profile-budget, device-model side (default: edgeprune's)")
     ap.add_argument("--variants", type=int, default=20, help="random pruned variants validated end to end")
     ap.add_argument("--finetune-epochs", default="0", help="prune's --finetune-epochs (default 0: latency work only)")
-    ap.add_argument("--recheck", type=int, default=5, metavar="ROUNDS",
+    ap.add_argument("--recheck", type=int, default=7, metavar="ROUNDS",
                     help="rounds of this script's own original-vs-pruned measurement (0: off)")
     ap.add_argument("--device-model-cache", type=Path, default=None,
                     help="an $EDGEPRUNE_CACHE holding only built device models: reused, not rebuilt")
@@ -415,8 +415,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.quick:
         args.models, args.variants, args.time_budget = args.models or "digits-cnn", min(args.variants, 5), "3m"
-        args.profile_budget, args.recheck = args.profile_budget or "1m", min(args.recheck, 3)
-        args.suite_size = args.suite_size or "tiny"
+        args.profile_budget, args.suite_size = args.profile_budget or "1m", args.suite_size or "tiny"
+        args.recheck = min(args.recheck, 3)
     args.models = args.models or ",".join([*ZOO_MODELS, *USER_MODELS])
     args.out = args.out or REPO / "benchmarks" / "results" / datetime.date.today().isoformat() / "time_to_first_prune"
     args.work = args.work_dir.resolve()
@@ -484,13 +484,12 @@ def export_originals(models: list[str], where: Path) -> dict[str, Path]:
 
 
 def one_line(row: dict) -> str:
-    p, pr, v = row.get("profile", {}), row.get("prune", {}), row.get("validate", {})
+    p, pr, v, rc = row.get("profile", {}), row.get("prune", {}), row.get("validate", {}), row.get("recheck") or {}
     return (f"profile {fmt(p.get('wall_s'))} s wall ({fmt(p.get('points_measured'), 'd')} points, rc {p.get('rc')}); "
             f"prune {fmt(pr.get('wall_s'))} s (rc {pr.get('rc')}, measured fraction "
-            f"{fmt(pr.get('measured_fraction'), '.2f')}, "
-            f"recheck {fmt((row.get('recheck') or {}).get('fraction'), '.2f')}); validation median "
-            f"{fmt(v.get('median_abs_pct_error'), '.2f')} %, within ±10 % {fmt(pct(v.get('within_10pct')))} % "
-            f"over {v.get('variants', 0)} variants")
+            f"{fmt(pr.get('measured_fraction'), '.2f')}, recheck {fmt(rc.get('fraction'), '.2f')}); "
+            f"validation median {fmt(v.get('median_abs_pct_error'), '.2f')} %, within ±10 % "
+            f"{fmt(v.get('within_10pct'), '.0f', 100)} % over {v.get('variants', 0)} variants")
 
 
 if __name__ == "__main__":
