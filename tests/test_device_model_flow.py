@@ -244,3 +244,26 @@ def test_predicted_widths_near_a_measured_point_follow_its_correction():
     assert t.ms(128, 128) == pytest.approx(measured[sig].ms)
     assert t.ms(120, 128) / plain.ms(120, 128) == pytest.approx(1.3, rel=0.05)  # near: corrected
     assert t.uncertainty(128, 128) == 0.0 and t.uncertainty(120, 128) < plain.uncertainty(120, 128)
+
+
+def test_a_board_over_ssh_builds_its_device_model_with_the_same_runner(tmp_path):
+    """Remote-ready: the calibration suite goes through the SSH executor like any bundle
+    (a real sshd on a loopback port), and the device model is stored under the board."""
+    import shutil
+
+    from edgeprune.bench.loopback import LoopbackSSHD, find_sshd
+    from edgeprune.config.targets import get_target
+    from edgeprune.flows.device_model import build_device_model
+    from edgeprune.latency import devmodel_store
+
+    if find_sshd() is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("OpenSSH sshd not installed (apt-get install openssh-server; `make test` does)")
+    target = get_target("host")
+    store = LUTStore(tmp_path / "cache")
+    with LoopbackSSHD(tmp_path / "sshd") as sshd:
+        device = sshd.device("dm-board")
+        b = build_device_model(target, device, "onnxruntime", fast(target), store=store, size="tiny",
+                               log=lambda m: None)
+    assert b.measured > 0 and b.table_path.parent.name == "dm-board"
+    info = devmodel_store.find(store, b.info.key)
+    assert info is not None and info.key.device == "dm-board"
