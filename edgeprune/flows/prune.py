@@ -1,14 +1,20 @@
 """``prune_model``: the library function behind ``edgeprune prune`` and the pruning stage
 of ``edgeprune compile``.
 
-trace -> latency model of the target -> importance -> search under the budget -> cut ->
-fine-tune (optionally distilled, optionally in gradual steps) -> accuracy gate.
+trace -> latency model of the target -> importance -> search under the budget ->
+confirm + measure the choice end to end, search again on a miss (:mod:`~.budget`) ->
+cut -> fine-tune (optionally distilled, optionally in gradual steps) -> accuracy gate and
+budget verdict.
 
 The budget is either a fraction of the original model's latency on the target
-(``budget=0.5``) or milliseconds (``latency_ms=2.0``); both are judged by the latency
-model (a measured lookup table calibrated on the whole model), and the compile flow
-then *measures* the pruned artifact. A budget the model cannot meet even with every
-prunable group at its narrowest snapped width is refused before any work is done.
+(``budget=0.5``) or milliseconds (``latency_ms=2.0``). The search works on the latency
+model (the device model plus this model's own points, or a full measured table,
+calibrated on the whole model); the pruned model is then timed end to end beside the
+original, and a miss beyond 5 % that retries cannot fix fails the run (the pruning exit
+code, the result kept) unless a miss is allowed; the compile flow measures the artifact
+once more. A budget the model cannot meet even with every prunable group at its
+narrowest snapped width is refused before any work is done — with a device model,
+before anything is measured.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ def default_latency_model(
     model: LoadedModel, space: "TracedSpace", target: "Target", device: "Device", opts: PruneOptions, log: Log,
     notes: list[str] | None = None, feasible: "Callable[[LatencyModel], None] | None" = None,
     profile: "ProfileSettings | None" = None, store: "LUTStore | None" = None,
+    profiled: dict[str, Any] | None = None,
 ) -> "AdaptiveLatency":
     """The latency model of ``target`` on ``device`` for ``space`` with the options'
     backend (default: the target's preferred one): the device model plus this model's
@@ -64,6 +71,10 @@ def default_latency_model(
     if notes is not None:
         notes += result.notes
         notes.append(result.note())
+    if profiled is not None:
+        profiled.update({"table_source": result.tables, "profile_seconds": round(result.seconds, 2),
+                         "points_measured": result.points_measured, "points_used": result.points_used,
+                         "table": str(result.table_path)})
     assert result.adaptive is not None  # profile_model always builds it
     return result.adaptive
 
@@ -155,6 +166,7 @@ def prune_model(
             + (" or fewer --keep-layer" if opts.keep_layers else ""),
         )
 
+    profiled: dict[str, Any] = {}  # how the latency model was profiled (for the result)
     if latency_model is None:
         if target is None or device is None:
             raise PruneError("prune_model needs a target and device (or a latency_model)")
@@ -166,7 +178,7 @@ def prune_model(
                 unreachable(lm, "before measuring anything, the device model predicts", slack=0.10)
 
         latency_model = default_latency_model(model, space, target, device, opts, log, notes, feasible, profile,
-                                              store)
+                                              store, profiled)
     unreachable(latency_model, "the latency model predicts")
     full = space.full_widths()
     l0 = float(latency_model.predict(full))
@@ -250,6 +262,7 @@ def prune_model(
         max_accuracy_drop=opts.max_accuracy_drop, seed=opts.seed, search_seconds=t_search, finetune_seconds=t_ft,
         history=history, notes=list(dict.fromkeys(notes)), latency_model=type(latency_model).__name__,
         budget_check=outcome.to_dict() if outcome is not None else None, allow_budget_miss=opts.allow_budget_miss,
+        profile=profiled or None,
     )
     missed = None
     if outcome is not None and outcome.measured_fraction is not None:

@@ -112,6 +112,8 @@ class PruneResult:
     #: the pruned model timed end to end against the budget (flows.budget.BudgetOutcome.to_dict)
     budget_check: dict[str, Any] | None = None
     allow_budget_miss: bool = False
+    #: how the latency model was profiled: table_source, profile_seconds, points_measured, ...
+    profile: dict[str, Any] | None = None
 
     @property
     def budget_missed(self) -> bool:
@@ -149,6 +151,7 @@ class PruneResult:
             "latency_model": self.latency_model,
             "budget_check": self.budget_check,
             "measured_fraction": (self.budget_check or {}).get("measured_fraction"),
+            "profile": self.profile,
         }
 
     def to_dict(self) -> dict[str, Any]:
