@@ -119,13 +119,8 @@ def profile_model(
     save = rec.save
     measured, completed = rec.measured, rec.completed
     rec.busy = warn_if_busy(device, log)  # local: the CPUs other processes keep busy now (warns when many)
-    warned = True
 
     def status(table: LatencyTable, todo: list[Point], remeasure: bool) -> None:
-        nonlocal warned
-        if not warned:
-            warned = True
-            warn_if_busy(device, log)
         used = len(table.used_signatures())
         done_f = sum(t.complete and not t.refinement() for t in table.tables.values())
         progress.status(done_f, len(table.tables), used, used + len(todo))

@@ -283,7 +283,26 @@ class LayerTable:
         return d
 
 
-class LatencyTable:
+class FamilyTables:
+    """Lookups shared by every whole-space table: ``tables`` (family key -> a layer table),
+    ``family_of`` (layer name -> family) and ``entries`` are set by the subclass."""
+
+    tables: dict[str, Any]
+    family_of: dict[str, Family]
+    entries: Mapping[str, LatencyEntry]
+
+    def table(self, layer_name: str) -> Any:
+        return self.tables[self.family_of[layer_name].key]
+
+    @property
+    def complete(self) -> bool:
+        return all(t.complete for t in self.tables.values())
+
+    def used_signatures(self) -> set[str]:
+        return {p.signature for t in self.tables.values() for p in t.points() if p.signature in self.entries}
+
+
+class LatencyTable(FamilyTables):
     """All families of a prune space over one set of measured entries."""
 
     def __init__(self, space: PruneSpace, entries: Mapping[str, LatencyEntry], grid: GridSettings) -> None:
@@ -294,13 +313,4 @@ class LatencyTable:
         fams = self.families
         self.tables: dict[str, LayerTable] = {k: LayerTable(f, entries, grid) for k, f in fams.items()}
 
-    def table(self, layer_name: str) -> LayerTable:
-        return self.tables[self.family_of[layer_name].key]
-
-    @property
-    def complete(self) -> bool:
-        return all(t.complete for t in self.tables.values())
-
-    def used_signatures(self) -> set[str]:
-        return {p.signature for t in self.tables.values() for p in t.points() if p.signature in self.entries}
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgeprune.latency.entry import LatencyEntry
 from edgeprune.latency.grid import GridSettings
-from edgeprune.latency.lut import Family, LayerTable, Point, families
+from edgeprune.latency.lut import Family, FamilyTables, LayerTable, Point, families
 from edgeprune.prune.space import PruneSpace
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ def index_entries(entries: Mapping[str, LatencyEntry]) -> dict[tuple[str, str], 
     return idx
 
 
-class PredictedTable:
+class PredictedTable(FamilyTables):
     """Every family of a prune space: predicted from the device model where it knows the
     op kind, a measured :class:`LayerTable` where it does not (``measured_families``)."""
 
@@ -196,16 +196,6 @@ class PredictedTable:
             else:
                 self.tables[k] = PredictedLayerTable(f, entries, model, grid, {s: preds[s] for s in wanted[k]},
                                                      index)
-
-    def table(self, layer_name: str) -> Any:
-        return self.tables[self.family_of[layer_name].key]
-
-    @property
-    def complete(self) -> bool:
-        return all(t.complete for t in self.tables.values())
-
-    def used_signatures(self) -> set[str]:
-        return {p.signature for t in self.tables.values() for p in t.points() if p.signature in self.entries}
 
     def measured_space(self) -> PruneSpace:
         """The prune space restricted to the layers of measured families (for today's
