@@ -44,7 +44,8 @@ from edgeprune.latency.records import ProfileInterrupted, ProfileResult
 from edgeprune.latency.series import TableUnit
 from edgeprune.latency.settings import ProfileSettings, ProgressSink, layer_timing
 from edgeprune.latency.store import LUTStore, TableFile, table_key
-from edgeprune.latency.variants import model_fingerprint, random_widths, space_of, variant_job
+from edgeprune.latency.endtoend import measure_against_full
+from edgeprune.latency.variants import model_fingerprint, random_widths, space_of
 from edgeprune.prune.space import PruneSpace
 
 if TYPE_CHECKING:
@@ -226,8 +227,9 @@ def _measure_predicted(model_table: Callable[[], Any], measure: Callable[[list[P
         log(f"device model: measuring {len(anchors)} layer shape(s) at full width")
         failures.update(measure(anchors, False))
     n_cal = settings.calibration_variants if space.prunable_groups() else 0
-    reserve = (1 + n_cal) * (measurer.job_seconds(float(space.macs()), settings.model_rounds,
-                                                  settings.series(models=True)) + 1.5)
+    # each calibration variant is timed between two series of the full model (latency.endtoend)
+    reserve = (1 + 2 * n_cal) * (measurer.job_seconds(float(space.macs()), settings.model_rounds,
+                                                      settings.series(models=True)) + 1.5)
     deadline = t0 + settings.profile_budget_s - reserve
     tried = {p.signature for p in anchors} | set(failures)
     while True:
@@ -272,19 +274,16 @@ def _model_measurements(model: "LoadedModel", space: PruneSpace, table: LatencyT
     base = LatencyPredictor(space, table)
     rng = random.Random(f"calibration:{settings.seed}")
     variants = [random_widths(space, rng, base.candidates) for _ in range(n)]
-    jobs = [variant_job(model, space, None, "full")] + [variant_job(model, space, w, f"cal{i}")
-                                                        for i, w in enumerate(variants)]
     log(f"measuring {model.name} end to end: full width + {n} calibration variant(s)")
-    timings, errs = measurer.measure(jobs, settings.model_rounds, settings.series(models=True),
-                                     description="model + calibration variants")
-    if "full" not in timings:
-        raise BenchError(f"cannot measure {model.name} end to end: {errs.get('full', 'no result')}")
+    m = measure_against_full(measurer, model, space, {f"cal{i}": w for i, w in enumerate(variants)}, settings,
+                             "model + calibration variants")
+    full = dataclasses.replace(unit.entry(m.full), busy=busy_now or 0.0)
     meas = ModelMeasurements(
-        fingerprint=fp, name=model.spec, full=dataclasses.replace(unit.entry(timings["full"]), busy=busy_now or 0.0),
-        variants=[VariantMeasurement(w, unit.entry(timings[f"cal{i}"])) for i, w in enumerate(variants)
-                  if f"cal{i}" in timings],
+        fingerprint=fp, name=model.spec, full=full,
+        variants=[VariantMeasurement(w, m.entry(f"cal{i}", full)) for i, w in enumerate(variants)
+                  if f"cal{i}" in m.timings],
     )
-    for k, e in errs.items():
+    for k, e in m.errors.items():
         log(f"calibration variant {k} failed: {e}")
     # the prune space goes with it: a table is shared by every model of its context, and
     # the report draws a model's own layers from it (results.report.staircase)

@@ -2,7 +2,9 @@
 variants of the model timed end to end (the full model interleaved with them) and
 compared with what the predictor says (behind ``edgeprune profile --validate``).
 
-Drift: the variants are compared relative to the full model timed in the same rounds.
+Drift: each variant is compared with the full model timed right before and after each
+of its series (:mod:`~edgeprune.latency.endtoend`), so the ratio is taken in one machine
+state.
 When the full model itself runs more than :data:`DRIFT_REMEASURE` faster or slower than
 when it was profiled (a table measured on a busy host, reused on a quiet one: measured
 -34.9 %), the model's end-to-end calibration is measured again first, so the report
@@ -18,12 +20,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from edgeprune.errors import BenchError, ModelError
+from edgeprune.latency.endtoend import measure_against_full
 from edgeprune.latency.measurer import BundleMeasurer, warn_if_busy
 from edgeprune.latency.predictor import error_stats
 from edgeprune.latency.records import ProfileResult, ValidationReport
 from edgeprune.latency.series import Timing
 from edgeprune.latency.settings import ProfileSettings, ProgressSink
-from edgeprune.latency.variants import random_widths, variant_job
+from edgeprune.latency.variants import random_widths
 
 if TYPE_CHECKING:
     from edgeprune.config.devices import Device
@@ -69,15 +72,11 @@ def validate(
     configs = [random_widths(space, rng, cands) for _ in range(n)]
     measurer = BundleMeasurer(target, device, backend, settings, progress=progress, log=log)
     load = warn_if_busy(device, log)
-    jobs = [variant_job(model, space, None, "full")] + [variant_job(model, space, w, f"v{i}")
-                                                        for i, w in enumerate(configs)]
-    log(f"validating: {n} random pruned variant(s) of {model.name} measured end to end (+ the full model)")
-    timings, errs = measurer.measure(jobs, settings.model_rounds, settings.series(models=True),
-                                     description="validation variants")
+    log(f"validating: {n} random pruned variant(s) of {model.name} measured end to end, each next to the full model")
+    m = measure_against_full(measurer, model, space, {f"v{i}": w for i, w in enumerate(configs)}, settings,
+                             "validation variants")
     ref = result.reference_ms
-    full = timings.get("full")
-    if full is None:
-        raise BenchError(f"cannot measure {model.name} end to end: {errs.get('full', 'no result')}")
+    full = m.full
     drift = full.ms / pred.calibration.full_ms
     recalibrated = None
     if abs(drift - 1) > DRIFT_REMEASURE and result.adaptive is not None:
@@ -93,18 +92,14 @@ def validate(
     def unit(tm: Timing) -> float:  # the bundle's reference layer -> the table's unit
         return tm.ms * (ref / tm.ref_ms if (ref and tm.ref_ms) else 1.0)
 
-    def vs_full(tm: Timing) -> float:
-        """``tm`` rescaled to the profiling session by the full model timed in the same
-        interleaved rounds (both estimated with :func:`~edgeprune.latency.entry.robust_ms`)."""
-        return tm.ms / full.ms * full_profile
-
     rows, pairs, raw_pairs, unit_pairs, fpairs = [], [], [], [], []
     for i, w in enumerate(configs):
-        tm = timings.get(f"v{i}")
+        tm = m.timings.get(f"v{i}")
         if tm is None:
-            log(f"variant {i} failed: {errs.get(f'v{i}', 'no result')}")
+            log(f"variant {i} failed: {m.errors.get(f'v{i}', 'no result')}")
             continue
-        meas = vs_full(tm)
+        # the fraction of the full model timed around it, in the profile's unit
+        meas = m.fraction(f"v{i}") * full_profile
         p, pf = pred.predict(w), pred.predict_flops(w)
         pairs.append((p, meas))
         raw_pairs.append((p, tm.ms))

@@ -23,10 +23,12 @@ NetAdapt measures every proposal; this measures the few the search settles on.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from edgeprune.latency.endtoend import measure_against_full
 from edgeprune.latency.entry import LatencyEntry
 from edgeprune.latency.layer_bundle import layer_job
 from edgeprune.latency.lut import LatencyTable, Point
@@ -34,7 +36,6 @@ from edgeprune.latency.points import REMEASURE_ROUNDS
 from edgeprune.latency.predictor import LatencyPredictor, ModelMeasurements, VariantMeasurement
 from edgeprune.latency.recorder import PointRecorder
 from edgeprune.latency.settings import ProfileSettings
-from edgeprune.latency.variants import variant_job
 from edgeprune.prune.space import PruneSpace
 
 if TYPE_CHECKING:
@@ -129,18 +130,18 @@ class AdaptiveLatency:
         return len(new) + len(again)
 
     def verify(self, widths: Mapping[str, int]) -> VariantCheck:
-        """Time the variant pruned to ``widths`` end to end next to the full model."""
+        """Time the variant pruned to ``widths`` end to end next to the full model
+        (alternating series: :mod:`~edgeprune.latency.endtoend`)."""
         from edgeprune.errors import BenchError
 
-        jobs = [variant_job(self.model, self.space, None, "full"), variant_job(self.model, self.space, widths, "pruned")]
-        timings, errs = self.measurer.measure(jobs, self.settings.model_rounds, self.settings.series(models=True),
-                                              description="pruned model end to end")
-        full, pruned = timings.get("full"), timings.get("pruned")
-        if full is None or pruned is None:
-            raise BenchError(f"cannot time the pruned model end to end: {errs.get('pruned') or errs.get('full')}")
+        m = measure_against_full(self.measurer, self.model, self.space, {"pruned": dict(widths)}, self.settings,
+                                 "pruned model end to end")
+        if "pruned" not in m.timings:
+            raise BenchError(f"cannot time the pruned model end to end: {m.errors.get('pruned', 'no result')}")
         full_pred = self.predict(self.space.full_widths())
-        check = VariantCheck(dict(widths), pruned.ms, full.ms, self.predict(widths) / full_pred,
-                             rounds=[r * self.measurements.full.ms / full.ms for r in pruned.rounds])
+        check = VariantCheck(dict(widths), m.fraction("pruned") * m.full.ms, m.full.ms,
+                             self.predict(widths) / full_pred,
+                             rounds=[r * self.measurements.full.ms for r in m.ratios("pruned")])
         self.checks.append(check)
         return check
 
@@ -148,7 +149,8 @@ class AdaptiveLatency:
         """Add a measured variant to the calibration (in the profile's unit: its measured
         fraction of the full model times the full model as profiled), store it, refit."""
         rounds = check.rounds or [check.fraction * self.measurements.full.ms]
-        entry = LatencyEntry.from_rounds(rounds, runs=0)
+        entry = dataclasses.replace(LatencyEntry.from_rounds(rounds, runs=0),
+                                    ms=check.fraction * self.measurements.full.ms)
         self.measurements.variants.append(VariantMeasurement(dict(check.widths), entry))
         self.recorder.save({}, {self.fingerprint: {**self.measurements.to_dict(), "space": self.space.to_dict()}})
         self._rebuild()
@@ -156,20 +158,15 @@ class AdaptiveLatency:
     def recalibrate(self) -> None:
         """Measure the full model and the calibration variants again, now (the machine's
         state changed since they were measured), store them and refit the remainder."""
-        from edgeprune.errors import BenchError
-
         m = self.measurements
-        jobs = [variant_job(self.model, self.space, None, "full")] + [
-            variant_job(self.model, self.space, v.widths, f"cal{i}") for i, v in enumerate(m.variants)]
-        timings, errs = self.measurer.measure(jobs, self.settings.model_rounds, self.settings.series(models=True),
-                                              description="model + calibration variants (again)")
-        if "full" not in timings:
-            raise BenchError(f"cannot measure {self.model.name} end to end: {errs.get('full', 'no result')}")
-        unit = self.recorder.unit
+        got = measure_against_full(self.measurer, self.model, self.space,
+                                   {f"cal{i}": v.widths for i, v in enumerate(m.variants)}, self.settings,
+                                   "model + calibration variants (again)")
+        full = self.recorder.unit.entry(got.full)
         self.measurements = ModelMeasurements(
-            fingerprint=self.fingerprint, name=m.name, full=unit.entry(timings["full"]),
-            variants=[VariantMeasurement(v.widths, unit.entry(timings[f"cal{i}"])) for i, v in enumerate(m.variants)
-                      if f"cal{i}" in timings])
+            fingerprint=self.fingerprint, name=m.name, full=full,
+            variants=[VariantMeasurement(v.widths, got.entry(f"cal{i}", full)) for i, v in enumerate(m.variants)
+                      if f"cal{i}" in got.timings])
         self.recorder.save({}, {self.fingerprint: {**self.measurements.to_dict(), "space": self.space.to_dict()}})
         self._rebuild()
 

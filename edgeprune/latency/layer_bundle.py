@@ -11,6 +11,15 @@ of load from another process hits many points a little instead of one point a lo
 Every round also times :data:`REFERENCE_LAYER` ``REFERENCE_PER_ROUND`` times, spread
 through it (first and last job included), so each point has a reference timed within a
 few jobs of it (:func:`edgeprune.latency.series.local_references`).
+
+Whole models compared with the model they were cut from (calibration, validation, the
+pruned model's check) name that model as the bundle's **anchor**: its series is timed
+right before every variant's (and after the last), so each variant's series has the
+anchor's within a second on both sides and its *ratio* to the anchor is taken in one
+machine state. Why: this host's slow state (1.1-1.7x, episodes of seconds, 28-60 % of the
+time depending on the day) makes two models timed tens of seconds apart disagree by more
+than the predictor's whole error budget; measured: the full model timed 12.6 % slow in the
+first chunk of a 21-model validation bundle, so every variant read ~12 % high.
 """
 
 from __future__ import annotations
@@ -85,6 +94,7 @@ class LayerBundle:
     keys: list[str] = field(default_factory=list)  # index -> Job.key, of the jobs that built
     jobs: dict[str, Job] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # Job.key -> why it could not be built
+    anchor: str | None = None  # the key every other job is timed next to (build_bundle)
 
     def key_of(self, job_id: str) -> str:
         return self.keys[int(job_id.split(".r")[0])]
@@ -92,11 +102,13 @@ class LayerBundle:
 
 def build_bundle(root: Path, chunk: list[Job], backend: "Backend", target: "Target", threads: int, rounds: int,
                  series: BenchSettings, reference_series: BenchSettings, gate: dict[str, Any] | None,
-                 seed: str) -> LayerBundle:
+                 seed: str, anchor: str | None = None) -> LayerBundle:
     """Export and build every job of ``chunk`` into the bundle folder ``root`` and lay out
     ``rounds`` interleaved rounds of series (``series``; the reference's short series:
     ``reference_series``). A job that fails to build is recorded and left out: one failed
-    point must not stop the table. ``seed`` fixes the shuffle of the rounds."""
+    point must not stop the table. ``seed`` fixes the shuffle of the rounds. ``anchor``
+    (a key of ``chunk``) is timed before every other job and after the last (ids
+    ``<index>.r<round>.a<n>``; module docstring)."""
     from edgeprune.bench.io import save_arrays
 
     lb = LayerBundle(Bundle(root), jobs={j.key: j for j in chunk})
@@ -120,7 +132,8 @@ def build_bundle(root: Path, chunk: list[Job], backend: "Backend", target: "Targ
 
     lb.keys = list(built)
     index = {k: i for i, k in enumerate(lb.keys)}
-    points = [k for k in lb.keys if k != REFERENCE_KEY]
+    anchor = lb.anchor = anchor if anchor in built else None
+    points = [k for k in lb.keys if k not in (REFERENCE_KEY, anchor)]
     has_ref = REFERENCE_KEY in built and bool(points)
 
     def add(k: str, job_id: str, timing: BenchSettings) -> None:
@@ -137,9 +150,13 @@ def build_bundle(root: Path, chunk: list[Job], backend: "Backend", target: "Targ
         for pos in range(len(order) + 1):
             if pos in slots:  # a short series
                 add(REFERENCE_KEY, f"{index[REFERENCE_KEY]}.r{r}.{slots.index(pos)}", reference_series)
+            if anchor is not None and (pos < len(order) or order):  # before each job, and after the last
+                add(anchor, f"{index[anchor]}.r{r}.a{pos}", series)
             if pos < len(order):
                 add(order[pos], f"{index[order[pos]]}.r{r}", series)
-        if not points and REFERENCE_KEY in built:  # only the reference was asked for
+        if not points and anchor is not None:  # only the anchor (and the reference) was asked for
+            add(anchor, f"{index[anchor]}.r{r}.a0", series)
+        elif not points and REFERENCE_KEY in built:  # only the reference was asked for
             add(REFERENCE_KEY, f"{index[REFERENCE_KEY]}.r{r}", series)
     return lb
 

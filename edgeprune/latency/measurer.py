@@ -97,12 +97,14 @@ class BundleMeasurer:
         t = self.estimate_ms(macs) / 1e3
         return rounds * (self._load_s + series.warmup * t + max(series.min_runs * t, series.min_time_s))
 
-    def _chunks(self, jobs: list[Job], rounds: int, series: BenchSettings) -> list[list[Job]]:
+    def _chunks(self, jobs: list[Job], rounds: int, series: BenchSettings, anchor: Job | None = None
+                ) -> list[list[Job]]:
         chunks: list[list[Job]] = []
         cur: list[Job] = []
         acc = 0.0
+        extra = self.job_seconds(anchor.macs, rounds, series) if anchor is not None else 0.0  # timed before each
         for j in jobs:
-            cost = self.job_seconds(j.macs, rounds, series)
+            cost = self.job_seconds(j.macs, rounds, series) + extra
             if cur and acc + cost > self.settings.chunk_s:
                 chunks.append(cur)
                 cur, acc = [], 0.0
@@ -115,18 +117,23 @@ class BundleMeasurer:
     # ---- measuring ---------------------------------------------------------------------------
     def measure(self, jobs: list[Job], rounds: int, series: BenchSettings,
                 on_chunk: Callable[[dict[str, Timing]], None] | None = None,
-                description: str = "measuring", reference: bool = True) -> tuple[dict[str, Timing], dict[str, str]]:
+                description: str = "measuring", reference: bool = True, anchor: Job | None = None
+                ) -> tuple[dict[str, Timing], dict[str, str]]:
         """Time ``jobs`` (``rounds`` interleaved series each, timed as ``series`` says);
         returns timings and errors by key. With ``reference``, every bundle also times
         :data:`~edgeprune.latency.layer_bundle.REFERENCE_LAYER` and each timing carries that
-        bundle's reference (``Timing.ref_ms``). ``on_chunk`` gets each chunk's timings as
-        soon as it is measured (to save them), and, when a stop signal cuts a chunk, the
-        series that chunk finished, before :class:`ChunkInterrupted` is raised."""
+        bundle's reference (``Timing.ref_ms``). ``anchor`` is timed in every bundle next to
+        every job (``Timing.anchor_rounds``, ``Timing.fraction``); its own timing, the
+        series of all bundles, is returned under its key. ``on_chunk`` gets each chunk's
+        timings as soon as it is measured (to save them), and, when a stop signal cuts a
+        chunk, the series that chunk finished, before :class:`ChunkInterrupted` is raised."""
         timings: dict[str, Timing] = {}
         errors: dict[str, str] = {}
-        chunks = self._chunks(jobs, rounds, series)
+        chunks = self._chunks(jobs, rounds, series, anchor)
         ref = reference_job(self.timing) if reference else None
-        self.progress.phase(description, (len(jobs) + (len(chunks) * REFERENCE_PER_ROUND if ref else 0)) * rounds)
+        per_round = len(jobs) + (len(chunks) * REFERENCE_PER_ROUND if ref else 0) + (
+            len(jobs) + len(chunks) if anchor is not None else 0)
+        self.progress.phase(description, per_round * rounds)
         t0, done = time.perf_counter(), 0
         for ci, chunk in enumerate(chunks):
             if ci:  # a plain-text progress line as well (logs, CI, remote shells)
@@ -135,7 +142,8 @@ class BundleMeasurer:
                          f"~{el / done * (len(jobs) - done):.0f} s left")
             stop: ChunkInterrupted | None = None
             try:
-                t, e = self._run_chunk(([ref] if ref else []) + chunk, rounds, series)
+                t, e = self._run_chunk(([ref] if ref else []) + ([anchor] if anchor else []) + chunk, rounds,
+                                       series, anchor.key if anchor else None)
             except ChunkInterrupted as cut:  # keep what the chunk finished, then stop
                 stop, t, e = cut, cut.timings, {}
             done += len(chunk)
@@ -147,6 +155,8 @@ class BundleMeasurer:
                     self.log(f"warning: the reference job failed ({e.get(REFERENCE_KEY, 'no result')}); "
                              "this bundle's points are not drift-corrected")
                 e.pop(REFERENCE_KEY, None)
+            if anchor is not None and anchor.key in t and anchor.key in timings:  # one timing of all bundles
+                t[anchor.key] = _merged(timings[anchor.key], t[anchor.key])
             timings.update(t)
             errors.update(e)
             if on_chunk is not None and t:
@@ -155,7 +165,7 @@ class BundleMeasurer:
                 raise stop
         return timings, errors
 
-    def _run_chunk(self, chunk: list[Job], rounds: int, series: BenchSettings
+    def _run_chunk(self, chunk: list[Job], rounds: int, series: BenchSettings, anchor: str | None = None
                    ) -> tuple[dict[str, Timing], dict[str, str]]:
         root = self.settings.keep_bundles
         if root is not None:
@@ -164,7 +174,7 @@ class BundleMeasurer:
         try:
             lb = build_bundle(folder, chunk, self.backend, self.target, self.threads, rounds, series,
                               shorter(series, self.settings.series()), self._gate_config(),
-                              seed=f"{self.settings.seed}:{self.bundles_run}")
+                              seed=f"{self.settings.seed}:{self.bundles_run}", anchor=anchor)
             if not lb.bundle.jobs:
                 return {}, lb.errors
             try:
@@ -232,6 +242,12 @@ class BundleMeasurer:
         if len(bundle.jobs) > seen[0]:
             self.progress.advance(len(bundle.jobs) - seen[0])
         return results
+
+
+def _merged(a: Timing, b: Timing) -> Timing:
+    """The anchor's series of two bundles as one timing (the reference of the first)."""
+    return Timing(rounds=a.rounds + b.rounds, runs=a.runs + b.runs, ref_ms=a.ref_ms,
+                  ref_rounds=a.ref_rounds + b.ref_rounds, short=a.short + b.short)
 
 
 def warn_if_busy(device: "Device", log: Log) -> float | None:

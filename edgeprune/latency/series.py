@@ -36,10 +36,27 @@ class Timing:
     ref_rounds: list[float | None] = field(default_factory=list)
     #: rounds asked for but never timed: the bundle was interrupted before them
     short: int = 0
+    #: per round, the bundle's anchor timed right before and after this series (their
+    #: mean; :func:`~edgeprune.latency.layer_bundle.build_bundle`), None without one
+    anchor_rounds: list[float | None] = field(default_factory=list)
 
     @property
     def ms(self) -> float:
         return robust_ms(self.rounds)
+
+    @property
+    def ratios(self) -> list[float]:
+        """Per round, this series over the anchor's series around it (one machine state)."""
+        return [r / a for r, a in zip(self.rounds, self.anchor_rounds) if a]
+
+    @property
+    def fraction(self) -> float | None:
+        """This job relative to the bundle's anchor: the median of :attr:`ratios` (None
+        without an anchor). The median, not the fast state: a pair is timed in one state,
+        so every ratio estimates the same thing and the median drops the pairs a state
+        change split."""
+        xs = self.ratios
+        return float(statistics.median(xs)) if xs else None
 
 
 def gate_info(r: JobResult) -> dict[str, Any]:
@@ -68,13 +85,14 @@ def series_ms(times: list[float], timing: str) -> float:
     return float(sum(mid) / len(mid))
 
 
-def local_references(bench_jobs: list[BenchJob], results: Iterable[JobResult], keys: list[str]
-                     ) -> dict[str, float]:
-    """Job id -> mean of the reference series timed nearest before and after it (in
-    manifest order, which is the order the runner times them). ``keys`` maps a job id's
-    index to its key (:class:`~edgeprune.latency.layer_bundle.LayerBundle`)."""
+def local_references(bench_jobs: list[BenchJob], results: Iterable[JobResult], keys: list[str],
+                     key: str = REFERENCE_KEY) -> dict[str, float]:
+    """Job id -> mean of the series of ``key`` (the reference, or a bundle's anchor) timed
+    nearest before and after it (in manifest order, which is the order the runner times
+    them). ``keys`` maps a job id's index to its key
+    (:class:`~edgeprune.latency.layer_bundle.LayerBundle`)."""
     ok = {r.id: float(statistics.median(r.times_ms)) for r in results if r.ok and r.times_ms}
-    is_ref = [keys[int(j.id.split(".r")[0])] == REFERENCE_KEY for j in bench_jobs]
+    is_ref = [keys[int(j.id.split(".r")[0])] == key for j in bench_jobs]
     if not any(is_ref):
         return {}
     ids = [j.id for j in bench_jobs]
@@ -121,6 +139,7 @@ def fold(lb: LayerBundle, results: Mapping[str, JobResult], asked: int | None = 
         if r.id in ids:
             per_key.setdefault(lb.key_of(r.id), []).append(r)
     local_ref = local_references(lb.bundle.jobs, results.values(), lb.keys)
+    local_anchor = local_references(lb.bundle.jobs, results.values(), lb.keys, lb.anchor) if lb.anchor else {}
     ratios = []
     for k, rs in per_key.items():
         good = [r for r in rs if r.ok and r.times_ms]
@@ -133,7 +152,8 @@ def fold(lb: LayerBundle, results: Mapping[str, JobResult], asked: int | None = 
         job = lb.jobs[k]
         meds = [series_ms(r.times_ms, job.timing) for r in good]
         out.timings[k] = Timing(rounds=meds, runs=sum(len(r.times_ms) for r in good),
-                                ref_rounds=[local_ref.get(r.id) for r in good], short=owed)
+                                ref_rounds=[local_ref.get(r.id) for r in good], short=owed,
+                                anchor_rounds=[local_anchor.get(r.id) for r in good] if local_anchor else [])
         out.env = good[0].env or out.env
         if job.macs > 0:  # device time per MAC, wall-clock even for kernel timing
             walls = [w for r in good if (w := (r.env.get("timing") or {}).get("wall_median_ms"))]
