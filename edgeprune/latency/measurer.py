@@ -123,7 +123,7 @@ class BundleMeasurer:
         returns timings and errors by key. With ``reference``, every bundle also times
         :data:`~edgeprune.latency.layer_bundle.REFERENCE_LAYER` and each timing carries that
         bundle's reference (``Timing.ref_ms``). ``anchor`` is timed in every bundle next to
-        every job (``Timing.anchor_rounds``, ``Timing.fraction``); its own timing, the
+        every job (``Timing.ratios``, ``Timing.fraction``); its own timing, the
         series of all bundles, is returned under its key. ``on_chunk`` gets each chunk's
         timings as soon as it is measured (to save them), and, when a stop signal cuts a
         chunk, the series that chunk finished, before :class:`ChunkInterrupted` is raised."""

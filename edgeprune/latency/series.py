@@ -36,18 +36,14 @@ class Timing:
     ref_rounds: list[float | None] = field(default_factory=list)
     #: rounds asked for but never timed: the bundle was interrupted before them
     short: int = 0
-    #: per round, the bundle's anchor timed right before and after this series (their
-    #: mean; :func:`~edgeprune.latency.layer_bundle.build_bundle`), None without one
-    anchor_rounds: list[float | None] = field(default_factory=list)
+    #: per series, its value over the mean of the bundle's anchor timed right before and
+    #: after it (:func:`~edgeprune.latency.layer_bundle.build_bundle`): one machine state
+    #: on both sides, so every series counts, also those the steady gate marked unsteady
+    ratios: list[float] = field(default_factory=list)
 
     @property
     def ms(self) -> float:
         return robust_ms(self.rounds)
-
-    @property
-    def ratios(self) -> list[float]:
-        """Per round, this series over the anchor's series around it (one machine state)."""
-        return [r / a for r, a in zip(self.rounds, self.anchor_rounds) if a]
 
     @property
     def fraction(self) -> float | None:
@@ -147,13 +143,13 @@ def fold(lb: LayerBundle, results: Mapping[str, JobResult], asked: int | None = 
         if not good:
             out.errors[k] = next((r.error for r in rs if r.error), "no timings")
             continue
+        job = lb.jobs[k]
+        paired = [series_ms(r.times_ms, job.timing) / local_anchor[r.id] for r in good if local_anchor.get(r.id)]
         good, _, unsteady = keep_steady(good)
         out.unsteady += unsteady
-        job = lb.jobs[k]
         meds = [series_ms(r.times_ms, job.timing) for r in good]
         out.timings[k] = Timing(rounds=meds, runs=sum(len(r.times_ms) for r in good),
-                                ref_rounds=[local_ref.get(r.id) for r in good], short=owed,
-                                anchor_rounds=[local_anchor.get(r.id) for r in good] if local_anchor else [])
+                                ref_rounds=[local_ref.get(r.id) for r in good], short=owed, ratios=paired)
         out.env = good[0].env or out.env
         if job.macs > 0:  # device time per MAC, wall-clock even for kernel timing
             walls = [w for r in good if (w := (r.env.get("timing") or {}).get("wall_median_ms"))]
