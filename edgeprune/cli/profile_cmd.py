@@ -122,7 +122,7 @@ def print_validation(rep) -> None:
               f"p95 {s['p95_abs_pct_error']:.2f}%, within ±10%: {100 * s['within_10pct']:.0f}%", highlight=False)
     out.print(f"FLOPs-proportional:  median |error| {f['median_abs_pct_error']:.2f}%, "
               f"p95 {f['p95_abs_pct_error']:.2f}%, within ±10%: {100 * f['within_10pct']:.0f}%", highlight=False)
-    out.print("measured = variant / unpruned model timed in the same rounds x the unpruned model at profiling "
+    out.print("measured = variant / unpruned model timed right before and after it x the unpruned model at profiling "
               "(the latency relative to the unpruned model, which budgets use)", highlight=False)
     if rep.unsteady_series:
         out.print(f"note: {rep.unsteady_series} validation series were timed outside the device's steady state",
