@@ -5,7 +5,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
-DEB_PKGS := g++-aarch64-linux-gnu openssh-server
+DEB_PKGS := g++-aarch64-linux-gnu openssh-server postgresql
 
 .PHONY: setup system-deps demo test test-wheel test-slow test-arm emulated-device bench clean
 

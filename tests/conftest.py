@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# a real PostgreSQL server for the results store's tests (skipped, with the reason, where none can run)
+from pg_fixture import pg_server, pg_url, pytest_report_header, results_db  # noqa: F401
+
 REPO = Path(__file__).resolve().parents[1]
 
 

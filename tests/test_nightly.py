@@ -103,9 +103,9 @@ def _store_night(st, rng, level=1.0, **kw):
     return out
 
 
-def test_changed_environment_starts_a_new_series_instead_of_a_regression(tmp_path):
+def test_changed_environment_starts_a_new_series_instead_of_a_regression(results_db):  # on SQLite and on PostgreSQL
     rng = np.random.default_rng(0)
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+    with ResultsStore(results_db) as st:
         for _ in range(4):
             _store_night(st, rng)
         slow = _store_night(st, rng, 1.25, version="1.33.0")  # runtime upgraded, 25 % slower
@@ -118,9 +118,9 @@ def test_changed_environment_starts_a_new_series_instead_of_a_regression(tmp_pat
         assert nxt.verdict == "NO_BASELINE" and "1 of the 3 runs" in nxt.detail
 
 
-def test_accuracy_and_parity_regressions_are_judged_apart_from_latency(tmp_path):
+def test_accuracy_and_parity_regressions_are_judged_apart_from_latency(results_db):  # on SQLite and on PostgreSQL
     rng = np.random.default_rng(1)
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+    with ResultsStore(results_db) as st:
         first = _store_night(st, rng)
         assert first.latency.verdict == "NO_BASELINE" and not first.regression
         for _ in range(2):
@@ -135,9 +135,9 @@ def test_accuracy_and_parity_regressions_are_judged_apart_from_latency(tmp_path)
         assert wrong.measurements[0].id not in ids
 
 
-def test_a_detected_step_becomes_the_new_baseline(tmp_path):
+def test_a_detected_step_becomes_the_new_baseline(results_db):  # on SQLite and on PostgreSQL
     rng = np.random.default_rng(2)
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+    with ResultsStore(results_db) as st:
         for _ in range(5):
             _store_night(st, rng)
         step = _store_night(st, rng, 1.10)
@@ -147,9 +147,9 @@ def test_a_detected_step_becomes_the_new_baseline(tmp_path):
         assert "since the change detected" in after.latency.detail
 
 
-def test_a_pinned_baseline_keeps_comparing_with_that_run(tmp_path):
+def test_a_pinned_baseline_keeps_comparing_with_that_run(results_db):  # on SQLite and on PostgreSQL
     rng = np.random.default_rng(3)
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+    with ResultsStore(results_db) as st:
         _store_night(st, rng)
         pin = st.latest_run().id
         for _ in range(3):
@@ -205,9 +205,9 @@ def _night(st, rng, level=1.0, artifact="a", verdict=None, **kw):
     return rid, m
 
 
-def test_the_artifact_paired_with_is_the_one_that_started_the_level(tmp_path):
+def test_the_artifact_paired_with_is_the_one_that_started_the_level(results_db):  # on SQLite and on PostgreSQL
     rng = np.random.default_rng(4)
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+    with ResultsStore(results_db) as st:
         _night(st, rng, artifact="a")
         pin, _ = _night(st, rng, artifact="b")
         _night(st, rng, artifact="c", verdict="SLOWER")  # a detected step: a new level starts here
@@ -220,9 +220,9 @@ def test_the_artifact_paired_with_is_the_one_that_started_the_level(tmp_path):
         assert [r.artifact_hash[0] for r in reference_candidates(st, m, rid, Policy(pin=pin))] == ["b"]
 
 
-def test_a_paired_verdict_says_so_and_the_fallback_says_why(tmp_path):
+def test_a_paired_verdict_says_so_and_the_fallback_says_why(results_db):  # on SQLite and on PostgreSQL
     rng = np.random.default_rng(5)
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+    with ResultsStore(results_db) as st:
         for _ in range(3):
             _, ref = _night(st, rng)
         rid = st.begin_run("nightly")

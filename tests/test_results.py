@@ -1,4 +1,9 @@
-"""The results database, recording real runs, and the reports rendered from it."""
+"""The results database, recording real runs, and the reports rendered from it.
+
+The store's tests take ``results_db`` (tests/pg_fixture.py) and run twice: on a SQLite
+file and on a database of a real PostgreSQL server. PostgreSQL-only behaviour (several
+runners at once, migration, connection errors) is in tests/test_results_pg.py.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +35,9 @@ def run(*args: str):
 
 
 # ---------------------------------------------------------------- store
-def test_measurements_round_trip_with_every_time(tmp_path):
+def test_measurements_round_trip_with_every_time(results_db):
     rng = np.random.default_rng(0)
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+    with ResultsStore(results_db) as st:
         rid = st.begin_run("bench", label="x")
         m = measurement(rng)
         mid = st.add_measurement(rid, m)
@@ -47,40 +52,38 @@ def test_measurements_round_trip_with_every_time(tmp_path):
     assert run.git_revision is None or len(run.git_revision) == 40
 
 
-def test_database_uses_wal_and_is_versioned(tmp_path):
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+def test_database_uses_wal_and_is_versioned(results_db):
+    with ResultsStore(results_db) as st:
         assert st.schema_version() == SCHEMA_VERSION
-    db = sqlite3.connect(tmp_path / "r.sqlite")
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert st.engine == ("sqlite" if isinstance(results_db, Path) else "postgresql")
+    if isinstance(results_db, Path):
+        db = sqlite3.connect(results_db)
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_old_schema_is_migrated_and_keeps_its_rows(tmp_path):
-    path = tmp_path / "old.sqlite"
-    ResultsStore(path, upto=1).close()  # a database written by schema version 1
-    db = sqlite3.connect(path)
-    db.execute("INSERT INTO runs (kind, status, started, edgeprune_version)"
-               " VALUES ('compile', 'complete', '2025-01-01T00:00:00+00:00', '0.0.1')")
-    db.execute("INSERT INTO measurements (run_id, created, model, backend, target, device, ok, times_json, median_ms)"
-               " VALUES (1, '2025-01-01T00:00:00+00:00', 'm.onnx', 'onnxruntime', 'host', 'local', 1, '[1.0, 2.0]', 1.5)")
-    db.commit()
-    db.close()
-    with ResultsStore(path) as st:
+def test_old_schema_is_migrated_and_keeps_its_rows(results_db):
+    with ResultsStore(results_db, upto=1) as st, st.transaction() as db:  # a database written by schema version 1
+        assert st.schema_version() == 1
+        db.execute("INSERT INTO runs (kind, status, started, edgeprune_version)"
+                   " VALUES ('compile', 'complete', '2025-01-01T00:00:00+00:00', '0.0.1')")
+        db.execute("INSERT INTO measurements (run_id, created, model, backend, target, device, ok, times_json,"
+                   " median_ms) VALUES (1, '2025-01-01T00:00:00+00:00', 'm.onnx', 'onnxruntime', 'host', 'local', 1,"
+                   " '[1.0, 2.0]', 1.5)")
+    with ResultsStore(results_db) as st:
         assert st.schema_version() == SCHEMA_VERSION
         (m,) = st.measurements()
         assert m.times_ms == [1.0, 2.0] and m.variant == "" and m.attempt == 0
         assert st.verdicts() == []
+        rid = st.begin_run("bench")  # the upgraded tables take new rows
+        assert rid == 2 and st.run(rid).out_dir is None
 
 
-def test_a_newer_schema_is_refused(tmp_path):
-    path = tmp_path / "new.sqlite"
-    ResultsStore(path).close()
-    db = sqlite3.connect(path)
-    db.execute("INSERT INTO schema_version VALUES (99, 'future')")
-    db.commit()
-    db.close()
+def test_a_newer_schema_is_refused(results_db):
+    with ResultsStore(results_db) as st, st.transaction() as db:
+        db.execute("INSERT INTO schema_version VALUES (99, 'future')")
     with pytest.raises(ResultsError, match="schema version 99"):
-        ResultsStore(path)
+        ResultsStore(results_db)
 
 
 def _writer(path: str, tag: int, n: int) -> None:
@@ -92,8 +95,8 @@ def _writer(path: str, tag: int, n: int) -> None:
         st.finish_run(rid, "complete")
 
 
-def test_two_processes_writing_at_once_lose_nothing(tmp_path):
-    path = str(tmp_path / "r.sqlite")
+def test_two_processes_writing_at_once_lose_nothing(results_db):
+    path = str(results_db)
     ResultsStore(path).close()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(path, t, 60)) for t in (1, 2)]
@@ -105,11 +108,13 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     with ResultsStore(path) as st:
         assert len(st.measurements(model="m1")) == 60 and len(st.measurements(model="m2")) == 60
         assert {r.status for r in st.runs()} == {"complete"}
-    assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert len({m.id for m in st.measurements()}) == 120
+    if isinstance(results_db, Path):
+        assert sqlite3.connect(path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
-def test_a_run_whose_process_died_is_marked_incomplete_with_its_rows(tmp_path):
-    path = tmp_path / "r.sqlite"
+def test_a_run_whose_process_died_is_marked_incomplete_with_its_rows(results_db):
+    path = results_db
     code = (
         "import os, numpy as np, sys; sys.path.insert(0, 'tests')\n"
         "from results_helpers import measurement\n"
@@ -123,6 +128,27 @@ def test_a_run_whose_process_died_is_marked_incomplete_with_its_rows(tmp_path):
         (r,) = st.runs()
         assert r.status == "incomplete" and "without finishing" in r.note
         assert len(st.measurements(run_id=r.id)) == 1
+
+
+def test_a_shared_database_reaps_and_recovers_only_the_runs_of_this_host(results_db, tmp_path):
+    """Runners share one database: a run left ``running`` by another host is not this
+    host's to judge (its pid means nothing here), nor is its out folder on this disk."""
+    import socket
+
+    from edgeprune.results.store import REAPED_NOTE
+
+    dead = 2**22 + 12345  # above any pid_max this host uses
+    with ResultsStore(results_db) as st, st.transaction() as db:
+        for host, status, note in ((socket.gethostname(), "running", None), ("another-runner", "running", None),
+                                   ("another-runner", "incomplete", REAPED_NOTE)):
+            db.execute("INSERT INTO runs (kind, status, started, edgeprune_version, host, pid, out_dir, note)"
+                       " VALUES ('compile', ?, '2026-01-01T00:00:00.000+00:00', '0', ?, ?, ?, ?)",
+                       (status, host, dead, str(tmp_path), note))
+    with ResultsStore(results_db) as st:
+        mine, theirs, killed = sorted(st.runs(), key=lambda r: r.id)
+        assert mine.status == "incomplete" and mine.note == REAPED_NOTE  # this host's dead process
+        assert theirs.status == "running"
+        assert [r.id for r in st.killed_runs()] == [mine.id]  # not the other runner's killed run
 
 
 def test_git_revision_is_read_from_the_repository_files(tmp_path):
@@ -175,11 +201,11 @@ def compiled(tmp_path_factory):
     return compile_model(model, get_target("host"), LOCAL, d / "out", opts, log=lambda m: None)
 
 
-def test_record_summary_stores_the_real_measurement(compiled, tmp_path):
+def test_record_summary_stores_the_real_measurement(compiled, results_db):
     from edgeprune.results.record import record_summary
 
-    rid = record_summary(tmp_path / "r.sqlite", compiled, kind="bench", command="edgeprune bench ...")
-    with ResultsStore(tmp_path / "r.sqlite") as st:
+    rid = record_summary(str(results_db), compiled, kind="bench", command="edgeprune bench ...")
+    with ResultsStore(results_db) as st:
         run = st.run(rid)
         (m,) = st.measurements(run_id=rid)
     b = compiled.backends[0]
@@ -193,10 +219,10 @@ def test_record_summary_stores_the_real_measurement(compiled, tmp_path):
     assert record_summary("none", compiled) is None  # recording can be switched off
 
 
-def test_cli_lists_shows_and_compares_recorded_runs(compiled, tmp_path):
+def test_cli_lists_shows_and_compares_recorded_runs(compiled, results_db):
     from edgeprune.results.record import record_summary
 
-    db = str(tmp_path / "r.sqlite")
+    db = str(results_db)
     a = record_summary(db, compiled, kind="compile")
     b = record_summary(db, compiled, kind="bench")
     res = run("results", "list", "--db", db, "--json")
@@ -213,11 +239,11 @@ def test_cli_lists_shows_and_compares_recorded_runs(compiled, tmp_path):
 
 # ---------------------------------------------------------------- reports
 @pytest.fixture
-def history(tmp_path):
+def history(results_db):
     """Six nightly runs of three cells; the last one has a latency and an accuracy regression,
     plus pruned variants for the Pareto plot."""
     rng = np.random.default_rng(11)
-    st = ResultsStore(tmp_path / "h.sqlite")
+    st = ResultsStore(results_db)
     for night in range(6):
         rid = st.begin_run("nightly", label="demo")
         last = night == 5
@@ -258,8 +284,8 @@ def test_report_marks_the_regressions_in_every_format(history, tmp_path):
     assert "zoo:digits-cnn [onnxruntime]" in failures and "zoo:mlp-recsys [onnxruntime]" in failures
 
 
-def test_report_cli_writes_html_and_prints_markdown(history, tmp_path):
-    db = str(history.path)
+def test_report_cli_writes_html_and_prints_markdown(history, results_db, tmp_path):
+    db = str(results_db)
     res = run("report", "--db", db, "--format", "md")
     assert res.exit_code == 0 and "regression" in res.output
     out = tmp_path / "r.html"
@@ -269,8 +295,8 @@ def test_report_cli_writes_html_and_prints_markdown(history, tmp_path):
     assert ET.fromstring(res.stdout.encode()).tag == "testsuites"
 
 
-def test_report_of_an_empty_database_is_still_a_page(tmp_path):
-    with ResultsStore(tmp_path / "e.sqlite") as st:
+def test_report_of_an_empty_database_is_still_a_page(results_db):
+    with ResultsStore(results_db) as st:
         data = gather(st)
         assert "No measurements" in render(data, "html")
         assert ET.fromstring(render(data, "junit").encode()).find("testsuite").get("tests") == "0"
@@ -317,3 +343,80 @@ def test_default_db_path_honours_env(monkeypatch, tmp_path):
     monkeypatch.delenv("EDGEPRUNE_DB")
     assert default_db_path(None) == Path("results.sqlite")
     assert os.fspath(default_db_path("~/r.sqlite")).startswith(os.path.expanduser("~"))
+
+
+def test_db_names_a_sqlite_file_a_postgresql_url_or_nothing(monkeypatch, tmp_path):
+    from edgeprune.results.location import PgUrl, beside, default_db_path
+
+    # what used to become a SQLite file in a folder named 'postgresql:'
+    url = default_db_path("postgresql://lab:hunter2@db.lab:5433/results?sslmode=require")
+    assert isinstance(url, PgUrl) and url.dbname == "results"
+    assert str(url) == "postgresql://lab:***@db.lab:5433/results?sslmode=require" and "hunter2" not in repr(url)
+    assert "hunter2" in url.url  # only the driver sees it
+    assert str(default_db_path("postgres://u@h/d?password=x1&connect_timeout=3")) == \
+        "postgres://u@h/d?password=***&connect_timeout=3"
+    monkeypatch.setenv("EDGEPRUNE_DB", "postgresql://ci@db.lab/results")
+    assert default_db_path(None) == PgUrl("postgresql://ci@db.lab/results")
+    # SQLite stays exactly as it was, and gains the sqlite: forms
+    assert default_db_path(str(tmp_path / "a:b.sqlite")) == tmp_path / "a:b.sqlite"  # a colon is not a scheme
+    assert default_db_path("sqlite:r.sqlite") == Path("r.sqlite")
+    assert default_db_path("sqlite:///rel/r.sqlite") == Path("rel/r.sqlite")
+    assert default_db_path("sqlite:////abs/r.sqlite") == Path("/abs/r.sqlite")
+    assert default_db_path("off") is None
+    assert beside(tmp_path / "r.sqlite", ".artifacts") == tmp_path / "r.sqlite.artifacts"
+    assert beside(url, ".artifacts").name == "db.lab-5433-results.artifacts"
+    for bad, says in (("mysql://root:pw@db/results", "unknown scheme 'mysql'"), ("postgresql://u@h:x/d", "port"),
+                      ("postgresql://u@h", "no database named"), ("sqlite://host/r.sqlite", "has no host")):
+        with pytest.raises(ResultsError, match=says) as exc:
+            default_db_path(bad)
+        assert ":pw@" not in str(exc.value)
+
+
+def test_an_unknown_scheme_is_one_line_and_exit_10_before_any_work(tmp_path):
+    res = CliRunner().invoke(cli, ["results", "list", "--db", "mysql://root:topsecret@db.lab/results"])
+    assert res.exit_code == 10 and "unknown scheme 'mysql'" in res.output and "topsecret" not in res.output
+    assert "postgresql://" in res.output and "Traceback" not in res.output  # the hint names what works
+    res = CliRunner().invoke(cli, ["compile", "--model", "zoo:digits-cnn", "--target", "host", "--out",
+                                   str(tmp_path / "o"), "--db", "mysql://db.lab/results"])
+    assert res.exit_code == 10 and "unknown scheme" in res.output and not (tmp_path / "o").exists()
+    assert not Path("mysql:").exists()
+
+
+def test_one_report_shows_every_shard_of_the_night(results_db):
+    """A lab's runners run `nightly --shard I/N` into one database: the report of the
+    newest run shows the cells of all N shards of that night (and only of that night)."""
+    from edgeprune.results.shards import shard_spec, sibling_shards
+
+    assert shard_spec("edgeprune nightly --matrix n.yaml --shard 2/3") == (2, 3)
+    assert shard_spec("edgeprune nightly --shard=1/2") == (1, 2) and shard_spec("edgeprune nightly") is None
+    rng = np.random.default_rng(5)
+
+    def night(shard: str | None, model: str, started: str, label: str = "lab") -> int:
+        rid = st.begin_run("nightly", label=label, started=started,
+                           command="edgeprune nightly --matrix n.yaml" + (f" --shard {shard}" if shard else ""))
+        st.add_measurement(rid, measurement(rng, model=model))
+        st.finish_run(rid, "complete")
+        return rid
+
+    with ResultsStore(results_db) as st:
+        night("1/2", "old-a", "2026-01-01T02:00:00.000+00:00")  # the night before
+        night("2/2", "old-b", "2026-01-01T02:00:00.000+00:00")
+        first_try = night("1/2", "retried", "2026-01-02T02:00:00.000+00:00")
+        night("1/2", "zoo:a", "2026-01-02T02:30:00.000+00:00")  # shard 1 was run again: the newest counts
+        night("1/1", "other-matrix", "2026-01-02T02:00:00.000+00:00", label="another")
+        last = night("2/2", "zoo:b", "2026-01-02T02:10:00.000+00:00")
+        assert [r.command[-3:] for r in sibling_shards(st, st.run(last))] == ["1/2"]
+        assert first_try not in {r.id for r in sibling_shards(st, st.run(last))}
+        data = gather(st, run_id=last, since=None)
+        assert sorted(r.model for r in data.rows) == ["zoo:a", "zoo:b"]
+        assert any("2 shards" in n for n in data.notes)
+        alone = gather(st, run_id=night(None, "unsharded", "2026-01-03T02:00:00.000+00:00"), since=None)
+        assert [r.model for r in alone.rows] == ["unsharded"]
+
+
+def test_a_password_typed_on_the_command_line_is_not_stored(results_db):
+    with ResultsStore(results_db) as st:
+        rid = st.begin_run("nightly", command="edgeprune nightly --db postgresql://ci:Hunter-2@db.lab/results "
+                                              "--report-dir 'a b' --shard 1/2")
+        assert st.run(rid).command == ("edgeprune nightly --db postgresql://ci:***@db.lab/results "
+                                       "--report-dir 'a b' --shard 1/2")

@@ -1,4 +1,4 @@
-"""``edgeprune results list | show RUN | compare RUN_A RUN_B``: the history, from a terminal.
+"""``edgeprune results list | show RUN | compare RUN_A RUN_B | migrate``: the history, from a terminal.
 
 Also home of the ``--db`` option every recording command shares, and of
 :func:`record`, which ``compile`` / ``bench`` call once the pipeline returns.
@@ -20,21 +20,23 @@ from edgeprune.cli.output import log, note, out, print_json, table
 if TYPE_CHECKING:
     from edgeprune.results.record import RecordOptions
 
+_FORMS = ("a SQLite file (PATH or sqlite:PATH) or a PostgreSQL database (postgresql://user[:password]@host:port/dbname, "
+          "shared by a lab: docs/lab.md)")
 #: ``--db`` of the commands that record a run (compile, bench, profile): ``none`` / ``off`` records nothing
-DB_HELP = ("Results database (SQLite) the run is recorded in. Default: $EDGEPRUNE_DB, else ./results.sqlite. "
+DB_HELP = (f"Results database the run is recorded in: {_FORMS}. Default: $EDGEPRUNE_DB, else ./results.sqlite. "
            "'none' (or 'off') records nothing.")
 #: ``--db`` of the commands that need the database (results, report, nightly): ``none`` / ``off`` is refused
-READ_DB_HELP = ("Results database (SQLite). Default: $EDGEPRUNE_DB, else ./results.sqlite. This command needs "
+READ_DB_HELP = (f"Results database: {_FORMS}. Default: $EDGEPRUNE_DB, else ./results.sqlite. This command needs "
                 "one: 'none' (or 'off', which turn recording off elsewhere) is an error here.")
 
 
 def db_option(f: Callable) -> Callable:
-    """``--db PATH`` for commands that need the results database (they read it)."""
-    return click.option("--db", "db", metavar="PATH", default=None, help=READ_DB_HELP)(f)
+    """``--db PATH|URL`` for commands that need the results database (they read it)."""
+    return click.option("--db", "db", metavar="PATH|URL", default=None, help=READ_DB_HELP)(f)
 
 
 def record_option(f: Callable) -> Callable:
-    """``--db PATH`` for commands that *record* (compile, bench) -> ``record_to:
+    """``--db PATH|URL`` for commands that *record* (compile, bench) -> ``record_to:
     RecordOptions``, stamped with the time the command started (options are parsed
     before the command runs); the command body passes it to :func:`record`."""
 
@@ -44,7 +46,7 @@ def record_option(f: Callable) -> Callable:
 
         return RecordOptions(db=value, started=now())
 
-    return click.option("--db", "record_to", metavar="PATH", default=None, callback=to_options, help=DB_HELP)(f)
+    return click.option("--db", "record_to", metavar="PATH|URL", default=None, callback=to_options, help=DB_HELP)(f)
 
 
 def record(summary, kind: str, to: RecordOptions) -> int | None:
@@ -116,31 +118,44 @@ def recording(kind: str, to: RecordOptions, out_dir: Path | None, label: str | N
 def _open(db: str | None):
     """The results database ``--db`` names, to read: ``none`` / ``off`` (the switch that
     turns recording off) is a :class:`ResultsError` here, since nothing was recorded to
-    read, and so is a database that does not exist yet."""
+    read, and so is a SQLite file that does not exist yet (a PostgreSQL database that
+    does not exist fails to connect, with a hint to create it)."""
     from edgeprune.errors import ResultsError
+    from edgeprune.results.location import PgUrl
     from edgeprune.results.store import DB_ENV, ResultsStore, default_db_path
 
     path = default_db_path(db)
     if path is None:
         said = f"--db {db}" if db is not None else f"${DB_ENV}={os.environ.get(DB_ENV, '')}"
         raise ResultsError(f"{said} turns recording off, so there is no results database to read",
-                           f"pass --db PATH (or set ${DB_ENV}) to the database compile, bench, profile or nightly "
+                           f"pass --db PATH|URL (or set ${DB_ENV}) to the database compile, bench, profile or nightly "
                            "recorded into")
-    if not path.exists():
+    if not isinstance(path, PgUrl) and not path.exists():
         raise ResultsError(f"results database {path} does not exist",
                            f"run `edgeprune compile`, `bench`, `profile` or `nightly` first, or pass --db / set ${DB_ENV}")
-    recover(path)  # a killed run's finished jobs, before anything is shown
-    return ResultsStore(path)
+    store = ResultsStore(path)
+    try:
+        _recover(store)  # a killed run's finished jobs, before anything is shown
+    except BaseException:
+        store.close()
+        raise
+    return store
 
 
-def recover(path: Path) -> None:
-    """Recover the runs of ``path`` whose process was killed (their finished jobs are on disk)."""
-    from edgeprune.results.recover import recover_killed_runs
+def recover(path) -> None:
+    """Recover the runs of ``path`` (a SQLite path or PostgreSQL URL) whose process was
+    killed on this host (their finished jobs are on disk)."""
     from edgeprune.results.store import ResultsStore
 
     with ResultsStore(path) as store:
-        for run_id, count in recover_killed_runs(store):
-            note(f"run {run_id} was killed; recovered {count} measured backend(s) from its out folder")
+        _recover(store)
+
+
+def _recover(store) -> None:
+    from edgeprune.results.recover import recover_killed_runs
+
+    for run_id, count in recover_killed_runs(store):
+        note(f"run {run_id} was killed; recovered {count} measured backend(s) from its out folder")
 
 
 def _profile_lines(p: dict) -> list[str]:
@@ -180,12 +195,13 @@ def _ms(v: float | None) -> str | None:
 
 @click.group("results")
 def results_cmd() -> None:
-    """Look at stored runs: list them, show one, compare two.
+    """Look at stored runs: list them, show one, compare two; copy a history elsewhere.
 
     \b
     edgeprune results list --since 7d
     edgeprune results show 42
     edgeprune results compare 41 42
+    edgeprune results migrate --from results.sqlite --to postgresql://edgeprune@db.lab/results
     """
 
 
@@ -354,3 +370,51 @@ def compare_cmd(run_a, run_b, db, min_effect, confidence, statistic, as_json) ->
             note(f"{len(only_a)} cell(s) only in run {run_a}, {len(only_b)} only in run {run_b}")
         if not common:
             note("the two runs have no cell in common")
+
+
+@results_cmd.command("migrate")
+@click.option("--from", "source", required=True, metavar="PATH|URL",
+              help="The results database to copy from: a SQLite file or a postgresql:// URL (read; an older schema "
+                   "is upgraded in place, as any command that opens it does).")
+@click.option("--to", "target", required=True, metavar="PATH|URL",
+              help="The results database to copy into (created or upgraded): usually the lab's "
+                   "postgresql://user@host:port/dbname.")
+@json_option("Print what was copied as JSON.")
+def migrate_cmd(source, target, as_json) -> None:
+    """Copy a results history into another database (e.g. a SQLite file into the lab's PostgreSQL).
+
+    Ids are kept where the target has them free (a first copy keeps them all), else the
+    run gets a new id and every link to it follows. Runs already in the target are
+    recognised and skipped, so the command can be run again (after an interruption, or
+    with another runner's file) without copying anything twice.
+
+    \b
+    edgeprune results migrate --from results.sqlite --to postgresql://edgeprune@db.lab:5432/results
+    """
+    from edgeprune.errors import ResultsError
+    from edgeprune.results.migrate import migrate
+    from edgeprune.results.store import ResultsStore, default_db_path
+
+    src_loc, dst_loc = default_db_path(source), default_db_path(target)
+    if src_loc is None or dst_loc is None:
+        raise ResultsError("results migrate copies from one database to another: 'none' / 'off' is not a database",
+                           "e.g. --from results.sqlite --to postgresql://edgeprune@db.lab/results")
+    with _open(source) as src, ResultsStore(dst_loc) as dst:
+        result = migrate(src, dst, log=log)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    out.print(f"copied {result.runs} run(s), {result.measurements} measurement(s) and {result.verdicts} verdict(s) "
+              f"from {result.source} to {result.target}"
+              + (f"; {result.already} run(s) were already there" if result.already else ""), highlight=False)
+    if result.renumbered:
+        pairs = ", ".join(f"{a}->{b}" for a, b in list(result.renumbered.items())[:10])
+        more = f" and {len(result.renumbered) - 10} more (--json lists all)" if len(result.renumbered) > 10 else ""
+        out.print(f"{len(result.renumbered)} run(s) got a new id (theirs was taken in the target): {pairs}{more}",
+                  highlight=False)
+    elif result.runs:
+        out.print("every run kept its id", highlight=False)
+    if result.running:
+        which = ", ".join(f"{r} on {h}" for r, h in result.running[:10])
+        note(f"{len(result.running)} run(s) still running were not copied ({which}): run the command again once "
+             "they have ended")

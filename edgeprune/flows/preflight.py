@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from edgeprune.config.devices import Device
     from edgeprune.config.targets import Target
     from edgeprune.prune.options import PruneOptions
+    from edgeprune.results.location import PgUrl
 
 Log = Callable[[str], None]
 
@@ -124,11 +125,20 @@ def make_out_dir(path: str | os.PathLike, what: str = "--out") -> Path:
     return path
 
 
-def check_db(path: str | os.PathLike | None) -> None:
+def check_db(path: str | os.PathLike | PgUrl | None) -> None:
     """The results database ``path`` (None: recording is off) can be opened and written:
     an existing one is opened now (a damaged or too new file fails here), a new one's folder
-    is probed. A :class:`ResultsError` (exit 10) instead of a warning after the run."""
+    is probed; a PostgreSQL URL is connected to (and its schema brought up to date), so an
+    unreachable server or a wrong password is one line before any work. A
+    :class:`ResultsError` (exit 10) instead of a warning after the run."""
     if path is None:
+        return
+    from edgeprune.results.location import PgUrl, parse_location
+    from edgeprune.results.store import ResultsStore
+
+    path = parse_location(path)  # an unknown scheme (mysql://) is refused here
+    if isinstance(path, PgUrl):
+        ResultsStore(path).close()
         return
     path = Path(path).expanduser()
     if path.is_dir():
@@ -137,8 +147,6 @@ def check_db(path: str | os.PathLike | None) -> None:
                                              "nothing")
     if not path.exists():
         return  # created by the first run that records
-    from edgeprune.results.store import ResultsStore
-
     ResultsStore(path).close()
 
 
@@ -283,7 +291,7 @@ def check_tracker(address: str | None, timeout_s: float = 5.0) -> None:
 # ------------------------------------------------------------------ one call per command
 def check_run(target: Target | None = None, devices: Sequence[Device] = (), backends: Sequence[str] = (), *,
               dirs: Mapping[str, Path | None] | None = None, files: Mapping[str, Path | None] | None = None,
-              db: Path | None = None, prune: PruneOptions | None = None, prebuilt: Iterable[str] = (),
+              db: Path | PgUrl | None = None, prune: PruneOptions | None = None, prebuilt: Iterable[str] = (),
               lut: Path | bool = False, log: Log = _stderr) -> list[str]:
     """Everything a command can know before it loads the model, cheapest first.
 

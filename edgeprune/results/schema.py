@@ -1,4 +1,9 @@
-"""The results database's tables, and the steps that upgrade an older file.
+"""The results database's tables, and the steps that upgrade an older one.
+
+One definition for both engines: the statements below are SQLite's, and
+:mod:`edgeprune.results.dialect` translates their types for PostgreSQL (ids become
+identity columns, ``REAL`` double precision, text byte-ordered). A SQLite file and a
+PostgreSQL database at the same version have the same tables, columns and indexes.
 
 Tables (the version applied is recorded in ``schema_version``):
 
@@ -14,12 +19,16 @@ Tables (the version applied is recorded in ``schema_version``):
   accuracy, parity), with effect size, confidence interval and the baseline used.
 
 A change of schema is a new entry in :data:`MIGRATIONS` (never an edit of an old one):
-files written by any earlier edgeprune open and upgrade in place, keeping their rows.
+databases written by any earlier edgeprune open and upgrade in place, keeping their rows
+(on PostgreSQL the upgrade holds an advisory lock: runners opening it at once queue).
 """
 
 from __future__ import annotations
 
-import sqlite3
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgeprune.results.dialect import Db
 
 _V1 = [
     """CREATE TABLE runs (
@@ -110,7 +119,12 @@ _V3 = [
 MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
 SCHEMA_VERSION = max(MIGRATIONS)
 
-#: columns a measurement row is inserted with (``id`` is assigned by SQLite)
+#: columns a run row is copied with (``results migrate``; ``begin_run`` names its own)
+RUN_COLUMNS = (
+    "id kind status started finished git_revision edgeprune_version env_json env_hash host pid command label note out_dir"
+).split()
+
+#: columns a measurement row is inserted with (``id`` is assigned by the database)
 MEASUREMENT_COLUMNS = (
     "run_id created model model_hash artifact_hash backend backend_version target device emulated ok error "
     "times_json median_ms p90_ms cv accuracy parity_max_diff parity_tolerance verified threads pruned variant_json "
@@ -124,16 +138,25 @@ VERDICT_COLUMNS = (
 ).split()
 
 
-def current_version(db: sqlite3.Connection) -> int:
-    """The schema version of an open database (0: empty); creates the version table."""
-    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+def read_version(db: Db) -> int:
+    """The schema version of an open database (0: empty), creating nothing."""
+    if not db.table_exists("schema_version"):
+        return 0
     return int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
 
 
-def upgrade(db: sqlite3.Connection, current: int, upto: int, applied: str) -> None:
+def current_version(db: Db) -> int:
+    """The schema version of an open database (0: empty); creates the version table."""
+    db.ddl("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+    return int(db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0])
+
+
+def upgrade(db: Db, current: int, upto: int, applied: str) -> None:
     """Apply the migrations after ``current`` up to ``upto`` (inside the caller's
-    transaction, so a failed step leaves the file as it was)."""
+    transaction, so a failed step leaves the database as it was: PostgreSQL's DDL is
+    transactional too). Each statement is written once, in SQLite's types;
+    :meth:`Db.ddl <edgeprune.results.dialect.Db.ddl>` translates them for PostgreSQL."""
     for version in range(current + 1, upto + 1):
         for stmt in MIGRATIONS[version]:
-            db.execute(stmt)
+            db.ddl(stmt)
         db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", (version, applied))

@@ -1,14 +1,20 @@
-"""The results database: one SQLite file, every measurement edgeprune ever made.
+"""The results database: every measurement edgeprune ever made, in a SQLite file (the
+default, embedded) or a PostgreSQL database (one history for a lab's runners).
 
 :class:`ResultsStore` opens (and creates, and upgrades: :mod:`edgeprune.results.schema`)
-the file and answers the queries the rest of ``results`` asks: runs, measurements of a
-run or a cell, a cell's good history, verdicts. The rows are the typed records of
-:mod:`edgeprune.results.records`.
+the database ``--db`` names (:mod:`edgeprune.results.location`) and answers the queries
+the rest of ``results`` asks: runs, measurements of a run or a cell, a cell's good
+history, verdicts. The rows are the typed records of :mod:`edgeprune.results.records`.
+The SQL is written once; :mod:`edgeprune.results.dialect` speaks it to either engine.
 
-Durability: WAL journal, ``BEGIN IMMEDIATE`` write transactions with a busy timeout (so
-concurrent nightly runs queue instead of failing or corrupting), every measurement
-committed as soon as it exists. A run whose process died while ``running`` is marked
-``incomplete`` the next time the database is opened; its measurements stay.
+Durability, the same promise on both engines: every measurement is committed as soon as
+it exists, in its own transaction. SQLite: WAL journal, ``BEGIN IMMEDIATE`` write
+transactions with a busy timeout (concurrent nightly runs queue instead of failing or
+corrupting). PostgreSQL: row-level concurrency, so several runners insert at once;
+ids come from identity columns (never duplicated, never reused), a schema upgrade holds
+an advisory lock. A run whose process died while ``running`` is marked ``incomplete``
+the next time the database is opened *on the host that ran it* (it checks its own
+process ids only); its measurements stay.
 """
 
 from __future__ import annotations
@@ -17,8 +23,6 @@ import datetime as _dt
 import json
 import os
 import socket
-import sqlite3
-import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,10 +31,13 @@ from typing import Any, Literal
 from edgeprune.durations import GRAMMAR, parse_duration
 from edgeprune.errors import ResultsError
 from edgeprune.results import schema
+from edgeprune.results.dialect import Db, SqliteDb
+from edgeprune.results.location import (DB_ENV, DEFAULT_DB, DbLocation, PgUrl, default_db_path, parse_location,
+                                        scrub)
 from edgeprune.results.records import Cell, Measurement, Run, VerdictRecord, now, parse_time
 
-DB_ENV = "EDGEPRUNE_DB"
-DEFAULT_DB = "results.sqlite"
+__all__ = ["DB_ENV", "DEFAULT_DB", "FINAL_STATUSES", "REAPED_NOTE", "RUN_KINDS", "ResultsError", "ResultsStore",
+           "default_db_path", "git_revision", "parse_since"]
 
 RunKind = Literal["compile", "bench", "profile", "nightly"]
 RunStatus = Literal["running", "complete", "incomplete", "failed"]
@@ -38,17 +45,6 @@ RUN_KINDS = ("compile", "bench", "profile", "nightly")
 FINAL_STATUSES = ("complete", "incomplete", "failed")
 #: the note of a run whose process ended while it was ``running`` (killed, crashed)
 REAPED_NOTE = "process ended without finishing the run"
-
-
-def default_db_path(explicit: str | os.PathLike | None = None) -> Path | None:
-    """``--db`` if given, else ``$EDGEPRUNE_DB``, else ``./results.sqlite``.
-
-    ``none`` / ``off`` (either place) disables recording: returns None.
-    """
-    value = str(explicit) if explicit is not None else os.environ.get(DB_ENV) or DEFAULT_DB
-    if value.strip().lower() in ("none", "off", ""):
-        return None
-    return Path(value).expanduser()
 
 
 def parse_since(value: str | None) -> str | None:
@@ -123,41 +119,41 @@ def _insert(table: str, columns: Sequence[str]) -> str:
 
 
 class ResultsStore:
-    """A connection to one results database (thread-safe; one writer at a time).
+    """A connection to one results database (thread-safe; one statement at a time).
 
-    Use as a context manager, or call :meth:`close`. Opening creates the file and its
-    directory if needed and migrates an older schema in one transaction.
+    ``path``: a SQLite file (a path, ``sqlite:PATH``) or a ``postgresql://`` URL (a
+    string or :class:`~edgeprune.results.location.PgUrl`). Use as a context manager,
+    or call :meth:`close`. Opening creates the file and its directory if needed (a
+    PostgreSQL database must exist: the server owns it) and migrates an older schema in
+    one transaction. ``timeout_s``: how long a writer waits for another (SQLite's busy
+    timeout, PostgreSQL's ``lock_timeout``).
     """
 
-    def __init__(self, path: str | os.PathLike, timeout_s: float = 60.0, upto: int | None = None) -> None:
-        self.path = Path(path)
-        self._lock = threading.RLock()
+    def __init__(self, path: DbLocation | str | os.PathLike, timeout_s: float = 60.0, upto: int | None = None) -> None:
+        #: the SQLite file (a Path) or the PostgreSQL URL (a PgUrl: prints without its password)
+        self.path: DbLocation = parse_location(path)
+        if isinstance(self.path, PgUrl):
+            from edgeprune.results.pg import connect
+
+            self._db: Db = connect(self.path, timeout_s)
+        else:
+            self._db = SqliteDb.open(self.path, timeout_s)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise ResultsError(f"cannot open results database {self.path}: {exc}") from exc
-        self._db.row_factory = sqlite3.Row
-        try:
-            self._db.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-            mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":  # e.g. a file system without shared memory
-                self._db.execute("PRAGMA journal_mode = DELETE")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self._db.execute("PRAGMA foreign_keys = ON")
             self._migrate(schema.SCHEMA_VERSION if upto is None else upto)
-        except sqlite3.DatabaseError as exc:
+            if upto is None:
+                self.reap_stale_runs()
+        except BaseException:
             self._db.close()
-            raise ResultsError(f"{self.path} is not a usable results database: {exc}") from exc
-        if upto is None:
-            self.reap_stale_runs()
+            raise
 
     # -- plumbing ---------------------------------------------------------------------
+    @property
+    def engine(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.name
+
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self) -> "ResultsStore":
         return self
@@ -166,42 +162,40 @@ class ResultsStore:
         self.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction; ``BEGIN IMMEDIATE`` takes the write lock up front so two
-        writers queue on the busy timeout instead of dead-locking on an upgrade."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
-                self._db.execute("COMMIT")
+    def transaction(self) -> Iterator[Db]:
+        """A write transaction on the connection (statements in the common SQL, ``?``
+        placeholders): committed when the block ends, rolled back on an exception."""
+        with self._db.transaction() as db:
+            yield db
 
-    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._db.query(sql, params)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        """Rows of one read-only statement in the common SQL (``results migrate`` copies
+        the tables row for row with it)."""
+        return self._db.query(sql, params)
 
     def schema_version(self) -> int:
-        with self._lock:
-            has = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
-            ).fetchone()
-            if not has:
-                return 0
-            row = self._db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            return int(row[0] or 0)
+        return schema.read_version(self._db)
 
     def _migrate(self, upto: int) -> None:
+        current = schema.read_version(self._db)  # an up-to-date database: no write, no lock
+        if current >= upto:
+            self._refuse_newer(current)
+            return
         with self.transaction() as db:
+            db.lock_schema()  # PostgreSQL: a second runner opening a new database waits here
             current = schema.current_version(db)
-            if current > schema.SCHEMA_VERSION:
-                raise ResultsError(
-                    f"{self.path} has schema version {current}; this edgeprune knows up to {schema.SCHEMA_VERSION}",
-                    "upgrade edgeprune, or use another --db",
-                )
+            self._refuse_newer(current)
             schema.upgrade(db, current, upto, applied=now())
+
+    def _refuse_newer(self, current: int) -> None:
+        if current > schema.SCHEMA_VERSION:
+            raise ResultsError(
+                f"{self.path} has schema version {current}; this edgeprune knows up to {schema.SCHEMA_VERSION}",
+                "upgrade edgeprune, or use another --db",
+            )
 
     # -- runs -------------------------------------------------------------------------
     def begin_run(
@@ -215,7 +209,8 @@ class ResultsStore:
         out_dir: str | os.PathLike | None = None,
     ) -> int:
         """Create a run in status ``running`` (``started``: ISO time, default now); returns its id.
-        ``out_dir``: where the run writes its summary (a killed run is recovered from it)."""
+        ``out_dir``: where the run writes its summary (a killed run is recovered from it).
+        ``command`` is stored with any URL password in it hidden."""
         from edgeprune import __version__
         from edgeprune.results import fingerprint
 
@@ -223,14 +218,13 @@ class ResultsStore:
             raise ResultsError(f"unknown run kind '{kind}'. Choose from: {', '.join(RUN_KINDS)}")
         env = fingerprint.collect() if env is None else env
         with self.transaction() as db:
-            cur = db.execute(
+            return db.insert(
                 "INSERT INTO runs (kind, status, started, git_revision, edgeprune_version, env_json, env_hash, host, pid,"
                 " command, label, out_dir) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (kind, started or now(), git_revision(cwd), __version__, json.dumps(env, default=str),
-                 fingerprint.env_hash(env), socket.gethostname(), os.getpid(), command, label,
+                 fingerprint.env_hash(env), socket.gethostname(), os.getpid(), scrub(command), label,
                  str(Path(out_dir).resolve()) if out_dir is not None else None),
             )
-            return int(cur.lastrowid)
 
     def finish_run(self, run_id: int, status: str, note: str | None = None) -> None:
         if status not in FINAL_STATUSES:
@@ -256,11 +250,14 @@ class ResultsStore:
         return stale
 
     def killed_runs(self) -> list[Run]:
-        """Runs marked ``incomplete`` by :meth:`reap_stale_runs` that have an output folder
-        and no measurement yet: a killed compile/bench whose finished jobs may be on disk."""
+        """Runs of this host marked ``incomplete`` by :meth:`reap_stale_runs` that have an
+        output folder and no measurement yet: a killed compile/bench whose finished jobs
+        may be on disk. Only this host's: another runner's output folder is not on this
+        machine (and a shared database must not lose that runner's chance to recover)."""
         return [Run.from_row(r) for r in self._query(
-            "SELECT * FROM runs WHERE status = 'incomplete' AND out_dir IS NOT NULL AND note = ?"
-            " AND NOT EXISTS (SELECT 1 FROM measurements m WHERE m.run_id = runs.id) ORDER BY id", (REAPED_NOTE,))]
+            "SELECT * FROM runs WHERE status = 'incomplete' AND out_dir IS NOT NULL AND note = ? AND host = ?"
+            " AND NOT EXISTS (SELECT 1 FROM measurements m WHERE m.run_id = runs.id) ORDER BY id",
+            (REAPED_NOTE, socket.gethostname()))]
 
     def set_note(self, run_id: int, note: str) -> None:
         with self.transaction() as db:
@@ -311,9 +308,8 @@ class ResultsStore:
         m.run_id = run_id
         row = m.to_row()
         with self.transaction() as db:
-            cur = db.execute(_insert("measurements", schema.MEASUREMENT_COLUMNS),
+            m.id = db.insert(_insert("measurements", schema.MEASUREMENT_COLUMNS),
                              [row[c] for c in schema.MEASUREMENT_COLUMNS])
-            m.id = int(cur.lastrowid)
         return m.id
 
     def measurement(self, mid: int) -> Measurement:
@@ -391,8 +387,7 @@ class ResultsStore:
         v.run_id = run_id
         row = v.to_row()
         with self.transaction() as db:
-            cur = db.execute(_insert("verdicts", schema.VERDICT_COLUMNS), [row[c] for c in schema.VERDICT_COLUMNS])
-            v.id = int(cur.lastrowid)
+            v.id = db.insert(_insert("verdicts", schema.VERDICT_COLUMNS), [row[c] for c in schema.VERDICT_COLUMNS])
         return v.id
 
     def change_runs(self, cell: Sequence[str], run_ids: Iterable[int]) -> set[int]:
@@ -424,7 +419,7 @@ class ResultsStore:
         column holds (``edgeprune profile``: its latency table and points, under
         ``"profile"``). The fingerprint hash is left as it was: the machine is the same."""
         with self.transaction() as db:
-            row = db.execute("SELECT env_json FROM runs WHERE id = ?", (run_id,)).fetchone()
+            row = db.execute("SELECT env_json FROM runs WHERE id = ?" + db.for_update, (run_id,)).fetchone()
             if row is None:
                 raise ResultsError(f"no run with id {run_id} in {self.path}")
             env = json.loads(row[0] or "{}") | dict(extra)

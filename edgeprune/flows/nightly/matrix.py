@@ -20,6 +20,7 @@ from edgeprune.config.yamlfile import load_model_file, read_yaml
 from edgeprune.errors import ConfigError
 from edgeprune.results.detect import STATISTICS, DetectSettings
 from edgeprune.results.evaluate import Policy
+from edgeprune.results.location import DbLocation, beside
 from edgeprune.results.records import Cell as CellKey
 from edgeprune.results.records import cell_name
 
@@ -202,13 +203,14 @@ class NightlyConfig:
             pair_rounds=self.spec.baseline.rounds + self.spec.baseline.rounds % 2,  # even: both go first equally
         )
 
-    def artifacts_dir(self, db: Path) -> Path:
+    def artifacts_dir(self, db: DbLocation) -> Path:
         """Where the cells' artifacts are kept: ``baseline.artifacts`` (relative to this
-        file), else beside the results database (``results.sqlite.artifacts``)."""
+        file), else beside the results database (``results.sqlite.artifacts``; for a
+        PostgreSQL database, under the cache: :func:`~edgeprune.results.location.beside`)."""
         if self.spec.baseline.artifacts:
             p = Path(self.spec.baseline.artifacts).expanduser()
             return p if p.is_absolute() else self.path.parent / p
-        return db.with_name(db.name + ".artifacts")
+        return beside(db, ".artifacts")
 
 
 def _line_of(node: Any, *path: Any) -> int | None:

@@ -1,7 +1,9 @@
 """Reading what a report shows out of the results database (:func:`gather`).
 
 The *focus run* is the one asked for, else the newest nightly run, else the newest run
-of any kind; the history of its cells reaches back ``since``. A compile/bench run has
+of any kind (with the other shards of its night, when CI runners ran the matrix in
+``--shard`` slices: :mod:`edgeprune.results.shards`); the history of its cells reaches
+back ``since``. A compile/bench run has
 no stored verdicts: its cells are judged here, against their history, so every report
 says the same thing about a cell whichever command produced it.
 """
@@ -19,6 +21,7 @@ from edgeprune.results.evaluate import Policy, judge
 from edgeprune.results.records import Cell, Measurement, VerdictRecord, now, parse_time
 from edgeprune.results.report.data import STATUS_ORDER, CellRow, ParetoPoints, Point, ReportData
 from edgeprune.results.report.staircase import load_staircases
+from edgeprune.results.shards import sibling_shards
 from edgeprune.results.store import ResultsStore, parse_since
 
 
@@ -57,14 +60,16 @@ def gather(
     if run is not None and all(r.id != run.id for r in runs):
         runs.insert(0, run)
     all_verdicts = store.verdicts(since=since_iso)
-    if run is not None:
-        all_verdicts += [v for v in store.verdicts(run_id=run.id) if v.id not in {x.id for x in all_verdicts}]
+    focus = [run, *sibling_shards(store, run)] if run is not None else []  # a sharded night: every shard's cells
+    for f in focus:
+        all_verdicts += [v for v in store.verdicts(run_id=f.id) if v.id not in {x.id for x in all_verdicts}]
     lat_by_run = {(int(v.run_id), v.cell): v for v in all_verdicts if v.kind == "latency"}  # type: ignore[arg-type]
 
     rows: list[CellRow] = []
     if run is not None:
-        ms = store.measurements(run_id=run.id)
-        stored = [v for v in all_verdicts if v.run_id == run.id]
+        ids = {r.id for r in focus}
+        ms = [m for r in focus for m in store.measurements(run_id=r.id)]
+        stored = [v for v in all_verdicts if v.run_id in ids]
         cells: dict[Cell, list[Measurement]] = {}
         for m in ms:
             cells.setdefault(m.cell, []).append(m)
@@ -80,10 +85,14 @@ def gather(
     for r in rows:
         hist = [m for m in store.measurements(cell=r.cell, since=since_iso)]
         if run is not None:
-            hist = [m for m in hist if parse_time(m.created) <= parse_time(run.finished or now())] or hist
+            until = max(parse_time(f.finished or now()) for f in focus)
+            hist = [m for m in hist if parse_time(m.created) <= until] or hist
         r.history = _points(hist + [m for m in r.measurements if m not in hist], lat_by_run)
     rows.sort(key=lambda r: (STATUS_ORDER.index(r.status), r.device, r.model, r.target, r.backend, r.variant))
     notes: list[str] = []
+    if len(focus) > 1:
+        which = ", ".join(f"#{f.id}" for f in sorted(focus, key=lambda f: f.id))
+        notes.append(f"one night of {len(focus)} shards of the matrix (--shard I/N on several runners): runs {which}")
     stairs = load_staircases(lut_dirs, {r.cell[:4] for r in rows}, notes)
     pareto = pareto_points(store.measurements(since=since_iso))
     return ReportData(
