@@ -165,6 +165,12 @@ def summarize(
         notes.append(f"compile-verified only: target {t.name} ({t.arch}, accelerator {t.accelerator}) cannot run on "
                      f"device '{device.name}'; pass --device with a {t.name} board to benchmark")
     backends = backend_results(prepared, measured, can_run)
+    for b in backends:  # a runtime that ran elsewhere than asked says so (ONNX Runtime without CUDA: the CPU)
+        if (note := ((b.env or {}).get("runtime_settings") or {}).get("note")):
+            notes.append(f"{b.name}: {note}")
+    if prepared.target.gpu is not None and can_run:
+        notes.append(f"GPU {prepared.target.gpu.describe()}: every artifact's outputs are checked against the CPU "
+                     "reference (PyTorch on this CPU; ONNX Runtime's CPU provider for a model given as ONNX)")
     original = ModelFigures(params=v.cost.params, macs=v.cost.macs, accuracy=v.accuracy)
     if any(b.ok for b in backends):
         chosen, reason = choose_backend(backends, v.accuracy, accuracy_tolerance)

@@ -19,6 +19,12 @@ A user file with a shipped name (``./targets/host.yaml``) replaces the shipped o
 :func:`edgeprune.host.host_cpu` when the target is loaded, never assumed, and
 :meth:`Target.peak_description` says how the peak was computed from them. ``auto``
 is refused on any other target: a board's width cannot be read on the host.
+
+``cuda_arch: auto`` (the shipped ``host-cuda`` target) means *this machine's NVIDIA GPU*:
+its architecture, name and fp32 peak are read when the target is loaded
+(:func:`edgeprune.config.gpu.detect_gpu`, from ``nvidia-smi``). Where there is none the
+target still lists, marked ``unavailable``, and :func:`get_target` refuses it in one line
+("no NVIDIA GPU found (nvidia-smi not found): use --target host, ...").
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeprune import host
+from edgeprune.config.gpu import NvidiaGpu, detect_gpu, no_gpu_message
 from edgeprune.config.yamlfile import load_model_file
 from edgeprune.errors import ConfigError
 from edgeprune.host import HostCpu
@@ -40,7 +47,7 @@ KNOWN_BACKENDS = ("onnxruntime", "openvino", "tvm")
 TARGETS_ENV = "EDGEPRUNE_TARGETS_DIR"
 #: what an explicit board target gets when its file leaves the roofline fields out
 _BOARD_DEFAULTS = {"vector_bits": 128, "fma_units": 2}
-_HOST_ONLY = ("arch", "triple", "vector_bits", "fma_units")
+_HOST_ONLY = ("arch", "triple", "vector_bits", "fma_units", "cuda_arch")
 #: machine -> the GNU triple a host target builds for
 _TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
 
@@ -75,6 +82,10 @@ class Target(BaseModel):
     detected: str | None = Field(None, exclude=True)
     #: fp32 register lanes of the detected host (AVX-512 on Zen 4: 16 lanes, 256-bit datapath)
     detected_lanes: int | None = Field(None, exclude=True)
+    #: the NVIDIA GPU a ``cuda_arch: auto`` target was detected on (None: none found, or a board)
+    gpu: NvidiaGpu | None = Field(None, exclude=True)
+    #: why this machine cannot use the target (no NVIDIA GPU for ``cuda_arch: auto``); None when it can
+    unavailable: str | None = Field(None, exclude=True)
 
     @field_validator("backends")
     @classmethod
@@ -105,8 +116,9 @@ class Target(BaseModel):
 
     @property
     def is_native(self) -> bool:
-        """True when artifacts for this target can run on this machine."""
-        return self.arch == platform.machine() and self.accelerator == "none"
+        """True when artifacts for this target can run on this machine: its CPU, or the
+        NVIDIA GPU a ``cuda_arch: auto`` target was detected on."""
+        return self.arch == platform.machine() and (self.accelerator == "none" or self.gpu is not None)
 
     def num_cores(self) -> int:
         return host.cores() if self.cores == "auto" else int(self.cores)
@@ -136,6 +148,8 @@ class Target(BaseModel):
         or the accelerator's published peak when the target gives ``peak_gflops``."""
         if self.peak_gflops_override:
             return float(self.peak_gflops_override)
+        if self.cuda_arch == "auto" or self.gpu is not None:  # this machine's GPU: 0 where unknown
+            return (self.gpu.peak_gflops() if self.gpu is not None else None) or 0.0
         return self.num_cores() * self.clock() * self._fma_units() * (self._vector_bits() // 32) * 2
 
     def peak_description(self) -> str:
@@ -145,6 +159,10 @@ class Target(BaseModel):
         where = f" ({Path(self.source).name})" if self.source else ""
         if self.peak_gflops_override:
             return f"{self.peak_gflops():.0f} GFLOP/s: the accelerator's published fp32 peak, from the target file{where}"
+        if self.gpu is not None:
+            return self.gpu.peak_description()
+        if self.cuda_arch == "auto":
+            return "fp32 peak unknown: no NVIDIA GPU detected"
         text = (f"{self.num_cores()} cores x {self.clock():.2f} GHz nominal x {self._fma_units()} FMA x "
                 f"{self._vector_bits() // 32} fp32 lanes x 2 = {self.peak_gflops():.0f} GFLOP/s")
         return f"{text}; {self.detected}" if self.detected else f"{text}; from the target file{where}"
@@ -188,6 +206,17 @@ class Target(BaseModel):
             update["detected"] = f"{'; '.join(said)} ({cpu.model})"
         return self.model_copy(update=update)
 
+    def with_gpu(self, gpu: NvidiaGpu | None, why: str | None) -> Target:
+        """This target with ``cuda_arch: auto`` filled from ``gpu``, or marked
+        :attr:`unavailable` with ``why`` there is none (a host GPU target only)."""
+        if not (self.is_host and self.cuda_arch == "auto"):
+            return self
+        if gpu is None:
+            return self.model_copy(update={"unavailable": no_gpu_message(self.name, why or "none detected")})
+        said = f"GPU {gpu.describe()} from nvidia-smi"
+        return self.model_copy(update={"cuda_arch": gpu.arch, "gpu": gpu,
+                                       "detected": f"{self.detected}; {said}" if self.detected else said})
+
 
 def target_dirs() -> list[Path]:
     """Where targets are looked up, first match wins: ``$EDGEPRUNE_TARGETS_DIR``,
@@ -207,15 +236,26 @@ def target_dirs() -> list[Path]:
     return out
 
 
-def load_target_file(path: Path, cpu: HostCpu | None = None) -> Target:
+def load_target_file(path: Path, cpu: HostCpu | None = None,
+                     gpu: tuple[NvidiaGpu | None, str | None] | None = None) -> Target:
     """One target file, validated; a host target (``cpu: auto``) detected on ``cpu``
-    (default: this machine's, :func:`edgeprune.host.host_cpu`)."""
+    (default: this machine's, :func:`edgeprune.host.host_cpu`) and, for ``cuda_arch:
+    auto``, on ``gpu`` ((GPU, None) or (None, why not); default :func:`detect_gpu`)."""
     t = load_model_file(Target, path)
     if t.name != path.stem:
         raise ConfigError(f"{path}: field 'name' is '{t.name}' but the file is named '{path.stem}.yaml'; make them match")
     t = t.model_copy(update={"source": str(path)})
     if t.is_host:
         t = t.detected_on(cpu or host.host_cpu())
+        if t.cuda_arch == "auto":
+            t = t.with_gpu(*(gpu or detect_gpu()))
+    return t
+
+
+def usable(t: Target) -> Target:
+    """``t``, or the :class:`ConfigError` saying why this machine cannot use it (no GPU)."""
+    if t.unavailable:
+        raise ConfigError(t.unavailable)
     return t
 
 
@@ -229,14 +269,15 @@ def list_targets() -> list[Target]:
 
 
 def get_target(name: str) -> Target:
-    """Load a target by name, or from a path to a YAML file."""
+    """Load a target by name, or from a path to a YAML file; one this machine cannot use
+    (``host-cuda`` without an NVIDIA GPU) is a :class:`ConfigError` saying why."""
     p = Path(name)
     if p.suffix in (".yaml", ".yml") and p.exists():
-        return load_target_file(p)
+        return usable(load_target_file(p))
     for d in target_dirs():
         cand = d / f"{name}.yaml"
         if cand.exists():
-            return load_target_file(cand)
+            return usable(load_target_file(cand))
     names = sorted({p.stem for d in target_dirs() for p in d.glob("*.yaml")})
     raise ConfigError(
         f"unknown target '{name}'. Choose from: {', '.join(names) or '(none found)'}",

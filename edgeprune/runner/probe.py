@@ -1,4 +1,4 @@
-"""What this machine is: CPU, cores, Python, numpy and which runtimes are installed.
+"""What this machine is: CPU, cores, NVIDIA GPUs, Python, numpy and which runtimes are installed.
 
 The single CPU reader of edgeprune: the runner reports it with every result (``env``),
 ``devices check`` asks a board for it (``runner.pyz --probe``), and the host side
@@ -12,9 +12,12 @@ stdin), so a probe needs nothing uploaded and nothing cleaned up on the board.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
+import shutil
+import subprocess
 import sys
 
 RUNNER_VERSION = 1
@@ -86,6 +89,68 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     return set()
 
 
+#: what ``nvidia-smi --query-gpu`` is asked about each GPU. ``--format=csv`` keeps the
+#: header, so columns are read by name (``memory.total [MiB]``), not by position.
+NVIDIA_SMI_QUERY = ("index", "name", "compute_cap", "memory.total", "clocks.max.sm", "driver_version")
+NVIDIA_SMI_TIMEOUT_S = 15
+_NOT_A_VALUE = ("[N/A]", "N/A", "[Not Supported]", "[Unknown Error]", "")
+
+
+def parse_nvidia_smi(text: str) -> list[dict]:
+    """One dict per GPU from ``nvidia-smi --query-gpu=... --format=csv`` output (header
+    first): keys are the header's field names without their unit (``memory.total``),
+    numbers with a unit (``81559 MiB``, ``1980 MHz``) become ints, ``[N/A]`` and
+    ``[Not Supported]`` become None, anything else stays a string."""
+    rows = [r for r in csv.reader(text.splitlines(), skipinitialspace=True) if r and any(c.strip() for c in r)]
+    if not rows:
+        return []
+    keys = [h.strip().split(" [")[0] for h in rows[0]]
+    out = []
+    for row in rows[1:]:
+        if len(row) != len(keys):
+            continue
+        gpu = {}
+        for key, cell in zip(keys, row):
+            cell = cell.strip()
+            number = cell.split(" ")[0]
+            if cell in _NOT_A_VALUE:
+                gpu[key] = None
+            elif key != "name" and number.isdigit() and len(cell.split(" ")) <= 2:
+                gpu[key] = int(number)
+            else:
+                gpu[key] = cell
+        out.append(gpu)
+    return out
+
+
+def nvidia_gpus(exe: str | None = None) -> tuple[list[dict], str | None]:
+    """This machine's NVIDIA GPUs as :func:`parse_nvidia_smi` reads them, and why there
+    are none (``nvidia-smi not found``, its own error line, a timeout), else None.
+
+    nvidia-smi rather than the CUDA runtime: it needs no Python package, answers in
+    milliseconds, and says in one line why the driver is not usable."""
+    if exe is not None and not os.access(exe, os.X_OK):
+        return [], "nvidia-smi not found at %s" % exe
+    exe = exe or shutil.which("nvidia-smi")
+    if exe is None:
+        return [], "nvidia-smi not found"
+    cmd = [exe, "--query-gpu=" + ",".join(NVIDIA_SMI_QUERY), "--format=csv"]
+    try:
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=NVIDIA_SMI_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return [], "nvidia-smi did not answer in %d s" % NVIDIA_SMI_TIMEOUT_S
+    except OSError as exc:
+        return [], "nvidia-smi: %s" % (exc.strerror or exc)
+    if p.returncode != 0:
+        lines = [ln.strip() for ln in (p.stdout + "\n" + p.stderr).splitlines() if ln.strip()]
+        return [], "nvidia-smi: %s" % (lines[-1] if lines else "exit code %d" % p.returncode)
+    gpus = parse_nvidia_smi(p.stdout)
+    if not gpus:
+        return [], "nvidia-smi lists no GPU"
+    return gpus, None
+
+
 def governor() -> str | None:
     """cpu0's cpufreq scaling governor (None where the kernel does not expose it: most VMs)."""
     g = read_text("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor").strip()
@@ -136,7 +201,7 @@ def base_env() -> dict:
 
 
 def probe() -> dict:
-    """What ``--probe`` prints: arch, CPU (name and flags), cores, Python, numpy, runtimes."""
+    """What ``--probe`` prints: arch, CPU (name and flags), cores, NVIDIA GPUs, Python, numpy, runtimes."""
     try:
         import numpy
 
@@ -150,6 +215,7 @@ def probe() -> dict:
         "cpu": cpu_model(),
         "cpu_flags": sorted(cpu_flags()),
         "cores": os.cpu_count(),
+        "gpus": nvidia_gpus()[0],
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "numpy": numpy_version,

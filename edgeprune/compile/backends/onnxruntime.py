@@ -67,7 +67,11 @@ class OnnxRuntimeBackend(Backend):
 
         options = self.runtime_options(target, threads)
         notes = []
-        if target.accelerator != "none":
+        providers = [p if isinstance(p, str) else p[0] for p in options.get("providers") or []]
+        if target.accelerator == "cuda" and "CUDAExecutionProvider" in providers:
+            notes.append("CUDAExecutionProvider first (onnxruntime-gpu), the CPU provider where it is missing; "
+                         "the runner records which ran")
+        elif target.accelerator != "none":
             notes.append(f"runs on the CPU cores of {target.name} (CPUExecutionProvider); the {target.accelerator} "
                          "accelerator is not used")
         return Artifact(

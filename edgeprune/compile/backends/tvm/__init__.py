@@ -6,6 +6,7 @@ Modules, each importing only the ones listed before it:
   build and tune, so kernels hash the same in both);
 * :mod:`.targets` - the TVM target dict, cross compiler, TVM version;
 * :mod:`.records` - the per-target tuning database, its key, applying records to a build;
+* :mod:`.cuda` - whether this TVM can build and run CUDA here, and with which compiler;
 * :mod:`.build` - :class:`TvmBackend` (registered as ``tvm``);
 * :mod:`.tasks`, :mod:`.lag`, :mod:`.settings`, :mod:`.plan`, :mod:`.builders` - what a
   tuning session is made of: kernels and the report, kernel lag (``--focus``), settings,
