@@ -14,7 +14,7 @@ from edgeprune.errors import DeviceError
 def executor_for(device: Device) -> Executor:
     """The executor for ``device``'s kind; host-key trust and limits travel on the device."""
     if device.kind == "local":
-        return LocalExecutor()
+        return LocalExecutor(cpus=device.cpu_affinity)
     if device.kind == "ssh":
         from edgeprune.bench.ssh import SSHExecutor
 

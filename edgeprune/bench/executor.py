@@ -104,6 +104,11 @@ def complete_results(jobs: list[dict[str, Any]], results: list[JobResult], missi
     return out
 
 
+def cpus_args(cpus: list[int] | None) -> list[str]:
+    """The runner's ``--cpus`` argv items for a device's ``cpu_affinity`` (validated ints)."""
+    return ["--cpus", ",".join(str(int(c)) for c in cpus)] if cpus else []
+
+
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return lines[-1] if lines else ""
@@ -114,8 +119,9 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, python: str = sys.executable) -> None:
+    def __init__(self, python: str = sys.executable, cpus: list[int] | None = None) -> None:
         self.python = python
+        self.cpus = cpus  # the device's cpu_affinity: the runner pins itself (runner.pyz --cpus)
         self.last_stdout = ""
         self.last_stderr = ""
 
@@ -138,7 +144,7 @@ class LocalExecutor(Executor):
             results_path.unlink()  # a full run starts clean; partial runs append
         offset = results_path.stat().st_size if results_path.exists() else 0
 
-        cmd = [self.python, str(runner), str(bundle_dir)] + (["--only", *only] if only else [])
+        cmd = [self.python, str(runner), str(bundle_dir)] + (["--only", *only] if only else []) + cpus_args(self.cpus)
         try:
             proc = subprocess.Popen(
                 cmd, cwd=str(bundle_dir), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

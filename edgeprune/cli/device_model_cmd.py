@@ -3,11 +3,14 @@ its latency model, and say what it holds.
 
 The points go into the same latency table every ``profile`` of that context uses
 (target, device, backend + version, threads, timing mode), so a device model and the
-models' own tables share their measurements. See docs/device-model.md.
+models' own tables share their measurements. ``--kind K`` (or several ``--device``) splits
+the build over every reachable board of one ``board_kind``. See docs/device-model.md and
+docs/board-farm.md.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,13 +32,19 @@ class SuiteProgress(RichProgress):
             self._p.update(self._task, extra=self._extra)
 
 
-def _selectors(f):
+def _selectors(f, multiple: bool = False):
     """The options that name a measurement context (the same on build and show)."""
     for option in reversed([
         target_option,
         backend_option(auto="the target's preferred (first) backend.",
                        help="Backend the suite is built and timed with."),
-        device_options(help="Device the suite is measured on (see `edgeprune devices`)."),
+        device_options(multiple=multiple, help=(
+            "Device the suite is measured on (see `edgeprune devices`); several boards of one board_kind split "
+            "the suite between them." if multiple else "Device whose model to show (its board kind's, if it has one).")),
+        click.option("--kind", "kind", metavar="KIND",
+                     help="Board kind (devices.yaml `board_kind`): " + (
+                         "split the suite over every reachable board of this kind." if multiple
+                         else "show the model its boards share.")),
         threads_option(),
         click.option("--timing", type=click.Choice(["auto", "kernel", "wall"]), default="auto", show_default=True,
                      help="What a point's time is (as for `edgeprune profile`): auto = kernel for onnxruntime, "
@@ -57,7 +66,17 @@ def _resolve(target_name: str, backend: str, devices: DeviceArgs, threads: int |
     target = get_target(target_name)
     backend_name = target.backends[0] if backend == "auto" else backend
     settings = ProfileSettings(threads=threads, timing=timing)
-    return target, devices.one(), backend_name, settings, LUTStore(cache_dir) if cache_dir else LUTStore()
+    return target, backend_name, settings, LUTStore(cache_dir) if cache_dir else LUTStore()
+
+
+def _boards(devices: DeviceArgs, kind: str | None) -> tuple[str | None, list]:
+    """(kind, boards) of a farm build (``--kind``, or several ``--device``), else (None, [device])."""
+    from edgeprune.flows.farm import select_boards
+
+    names = () if devices.names == ("local",) else devices.names  # the default: no --device given
+    if kind is None and len(names) < 2:
+        return None, [devices.one()]
+    return select_boards(devices.all(), kind, names)
 
 
 @click.group("device-model")
@@ -68,40 +87,52 @@ def device_model_cmd() -> None:
     Examples:
       edgeprune device-model build --target host --time-budget 30m
       edgeprune device-model build --target rpi4 --device pi-lab-1
+      edgeprune device-model build --target rpi4 --kind rpi4      # split over every rpi4 board
       edgeprune device-model show --target host --json
     """
 
 
 @device_model_cmd.command("build")
-@_selectors
+@functools.partial(_selectors, multiple=True)
 @click.option("--time-budget", "time_budget", type=Duration(), metavar="30m",
               help="Stop measuring after about this long, in priority order (checked between batches of about "
                    "2 min); a rerun measures the rest. Default: measure the whole suite.")
 @steady_gate_option(True, "Time every series in the device's steady state (as `edgeprune profile` does).")
 @click.option("--suite-size", type=click.Choice(["full", "tiny"]), default="full", hidden=True,
               help="The calibration suite's size (tiny: ~40 small points, for tests).")
-def build_cmd(target_name: str, backend: str, devices: DeviceArgs, threads: int | None, timing: str,
-              cache_dir: Path | None, as_json: bool, time_budget: float | None, steady_gate: bool,
+def build_cmd(target_name: str, backend: str, devices: DeviceArgs, kind: str | None, threads: int | None,
+              timing: str, cache_dir: Path | None, as_json: bool, time_budget: float | None, steady_gate: bool,
               suite_size: str) -> None:
-    """Measure the calibration suite on a device and fit its latency model.
+    """Measure the calibration suite on a device (or a farm of boards) and fit its latency model.
 
     \b
     Generic convs (kernel 1/3/5/7, stride 1/2, dense, grouped, depthwise), linear
     layers, LSTM/GRU and the cheap ops (add, pooling, concat, attention...) are timed
     like profile's layer points into the context's latency table; the suite points
     already there are skipped, so an interrupted or budget-stopped build resumes.
+    With --kind K (or several --device of one board_kind) every reachable board of
+    the kind measures a share; boards that disagree beyond noise are reported and
+    kept out of the table.
     """
     from edgeprune.flows.device_model import build_device_model
     from edgeprune.flows.preflight import check_run
 
-    target, device, backend_name, settings, store = _resolve(target_name, backend, devices, threads, timing,
-                                                             cache_dir)
+    target, backend_name, settings, store = _resolve(target_name, backend, devices, threads, timing, cache_dir)
     settings = replace(settings, gate=steady_gate)
-    check_run(target, [device], (backend_name,), lut=cache_dir or True, log=log)
+    kind, boards = _boards(devices, kind)
     progress = SuiteProgress()
+    if kind is None:
+        check_run(target, boards, (backend_name,), lut=cache_dir or True, log=log)
+        run = functools.partial(build_device_model, target, boards[0], backend_name, settings)
+    else:
+        from edgeprune.flows.farm import build_on_farm, reach_boards
+
+        check_run(target, [], (backend_name,), lut=cache_dir or True, log=log)
+        log(f"board kind {kind}: {len(boards)} board(s) ({', '.join(d.name for d in boards)}); connecting ...")
+        up, down = reach_boards(boards, backend_name, target, log)
+        run = functools.partial(build_on_farm, target, up, backend_name, settings, kind=kind, unreachable=down)
     try:
-        result = build_device_model(target, device, backend_name, settings, time_budget_s=time_budget, store=store,
-                                    progress=progress, log=log, size=suite_size)
+        result = run(time_budget_s=time_budget, store=store, progress=progress, log=log, size=suite_size)
     finally:
         progress.close()
     if as_json:
@@ -120,13 +151,16 @@ def build_cmd(target_name: str, backend: str, devices: DeviceArgs, threads: int 
 
 @device_model_cmd.command("show")
 @_selectors
-def show_cmd(target_name: str, backend: str, devices: DeviceArgs, threads: int | None, timing: str,
-             cache_dir: Path | None, as_json: bool) -> None:
+def show_cmd(target_name: str, backend: str, devices: DeviceArgs, kind: str | None, threads: int | None,
+             timing: str, cache_dir: Path | None, as_json: bool) -> None:
     """Show a device model: its context, suite, points per op kind, build time, busy
-    state and holdout error (lattice-aware vs smooth model). Measures nothing."""
+    state, the boards that measured it and holdout error (lattice-aware vs smooth
+    model). Measures nothing."""
     from edgeprune.flows.device_model import show
 
-    view = show(*_resolve(target_name, backend, devices, threads, timing, cache_dir))
+    target, backend_name, settings, store = _resolve(target_name, backend, devices, threads, timing, cache_dir)
+    _, (device, *_) = _boards(devices, kind)
+    view = show(target, device, backend_name, settings, store)
     if as_json:
         print_json(view.to_dict())
         return
@@ -137,6 +171,30 @@ def show_cmd(target_name: str, backend: str, devices: DeviceArgs, threads: int |
     elif view.suite_measured != view.info.points_measured:
         out.print(f"note: the table now holds {view.suite_measured} of the {view.suite_points} suite points",
                   highlight=False)
+
+
+def print_farm(farm: dict[str, Any]) -> None:
+    """Which board measured how many points, and what the last build's overlap check found."""
+    check = farm.get("check") or {}
+    verdicts = check.get("boards") or {}
+    rows = []
+    for name, b in (farm.get("boards") or {}).items():
+        v = verdicts.get(name) or {}
+        dev = v.get("deviation")
+        rows.append([name, b.get("state"), b.get("points"), b.get("measured_now"),
+                     None if dev is None else f"{dev:+.1%}", None if b.get("speed") is None else f"{b['speed']:.2f}x"])
+    title = f"Boards of kind {farm['kind']}" if farm.get("kind") else "Boards"
+    if check:
+        title += (f" — overlap of {len(check.get('points') or [])} point(s): noise {check['noise']:.1%}, "
+                  f"tolerance ±{check['tolerance']:.1%}")
+    table(title, ["board", "state", "suite points", "last build", "vs others", "speed"], rows, right={2, 3, 4, 5})
+    for name, b in (farm.get("boards") or {}).items():
+        if b.get("state") in ("excluded", "failed", "unreachable") and b.get("why"):
+            out.print(f"{name} {b['state'].upper()}: {b['why']}"
+                      + (" — its points are not in the table (excluded from the fit)" if b["state"] == "excluded"
+                         else ""), highlight=False)
+    if check.get("refused"):
+        out.print(f"the last build was refused: {check['refused']}", highlight=False)
 
 
 def _pct(d: dict[str, Any] | None, key: str, scale: float = 1.0) -> str | None:
@@ -150,7 +208,8 @@ def print_info(info: dict[str, Any], table_path: str) -> None:
     state = {"complete": "complete", "budget": "stopped by the time budget (a rerun measures the rest)",
              "interrupted": "interrupted (a rerun resumes)"}.get(info["state"], info["state"])
     rows = [[kind, c["measured"], c["suite"], c["holdout"]] for kind, c in info["points_by_kind"].items()]
-    table(f"Device model: {k['target']} / device {k['device']} / {k['backend']} {k['backend_version']}, "
+    where = f"board kind {k['device'][5:]}" if k["device"].startswith("kind:") else f"device {k['device']}"
+    table(f"Device model: {k['target']} / {where} / {k['backend']} {k['backend_version']}, "
           f"{k['threads']} thread(s), {k['timing']} timing — suite v{info['suite_version']} ({info['suite_size']})",
           ["op kind", "measured", "in suite", "held out"], rows, right={1, 2, 3})
     b = info.get("busy") or {}
@@ -162,6 +221,8 @@ def print_info(info: dict[str, Any], table_path: str) -> None:
                  f"busy state while measuring: {busy}",
                  f"table: {table_path}"):
         out.print(line, highlight=False)
+    if info.get("farm"):
+        print_farm(info["farm"])
     h = info.get("holdout") or {}
     if not h:
         out.print("holdout error: not computed (no fit yet)", highlight=False)

@@ -11,6 +11,13 @@ accept-new``). A *changed* key is refused under both. The user asks for ``accept
 per device in devices.yaml, for one run with ``--insecure-accept-new-host-key``, or
 with ``$EDGEPRUNE_INSECURE_ACCEPT_NEW_HOST_KEY=1``; :func:`load_devices` turns the last
 two into the field, so the SSH code below only ever reads the device it is given.
+
+``board_kind`` names boards that are interchangeable (same board, OS and runtimes): they
+share one latency table (:attr:`Device.table_device`, ``kind:<board_kind>``), and
+``edgeprune device-model build --kind K`` splits its measurement over every reachable
+board of kind K (docs/board-farm.md). ``cpu_affinity`` pins the device's runner (and the
+worker processes and runtime threads it starts) to those CPUs: a board shared with other
+work, or several "boards" on one host, each get cores of their own.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgeprune.config.yamlfile import read_yaml, validate
 from edgeprune.errors import ConfigError
@@ -52,12 +59,45 @@ class Device(BaseModel):
     emulated: bool = Field(False, description="timings meaningless (e.g. qemu); reports say so")
     connect_timeout_s: float = Field(10.0, gt=0)
     command_timeout_s: float = Field(900.0, gt=0)
+    board_kind: str | None = Field(None, min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$",
+                                   description="boards of one kind share a latency table and a device-model farm")
+    cpu_affinity: list[int] | None = Field(None, description="CPUs the runner is pinned to ([0, 1] or \"0-3\")")
+
+    @field_validator("cpu_affinity", mode="before")
+    @classmethod
+    def _cores(cls, v: object) -> object:
+        """``"0-3,6"``, ``3`` or ``[0, 1]`` -> a sorted list of distinct CPU ids."""
+        if v is None or isinstance(v, bool):
+            return v
+        if isinstance(v, int):
+            return [v]
+        if isinstance(v, str):
+            from edgeprune.runner.affinity import parse_cores
+
+            try:
+                v = parse_cores(v)
+            except ValueError:
+                raise ValueError(f"{v!r} is not a CPU list (e.g. \"0-3\" or \"0,2\")") from None
+        return v
+
+    @field_validator("cpu_affinity", mode="after")
+    @classmethod
+    def _some_cores(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(c < 0 for c in v)):
+            raise ValueError("cpu_affinity needs at least one CPU id, none negative")
+        return None if v is None else sorted(set(v))
 
     @model_validator(mode="after")
     def _ssh_needs_host(self) -> "Device":
         if self.kind == "ssh" and not (self.host or self.ssh_config_alias):
             raise ValueError("an ssh device needs 'host' (or 'ssh_config_alias')")
         return self
+
+    @property
+    def table_device(self) -> str:
+        """The device part of this device's latency-table context: boards of one
+        ``board_kind`` share ``kind:<board_kind>``, any other device has its own name."""
+        return f"kind:{self.board_kind}" if self.board_kind else self.name
 
 
 class DevicesFile(BaseModel):

@@ -19,7 +19,14 @@ Format (``docs/device-model.md``)::
      "points_by_kind": {"<kind>": {"suite", "measured", "holdout"}},
      "failed": {"<signature>": "<why>"}, "busy": {"max", "median", "cpus", "state"},
      "fit": {...DeviceModel.describe()}, "holdout": {...holdout_report()},
-     "fitted_on": "<fingerprint of the points fitted>"}
+     "fitted_on": "<fingerprint of the points fitted>",
+     "farm": {"kind", "boards": {"<board>": {"state", "points", ...}}, "check": {...}}}
+
+``farm`` (absent in files written before board farms, and for a device's own table): which
+board measured how many of the suite points in the table (the table's entries name their
+board), and the last build's overlap check (:mod:`edgeprune.latency.overlap`): boards
+excluded or slow, unreachable or failed. Optional and additive, so the format version is
+still 1 and every older file loads.
 
 ``state``: ``complete`` (every suite point is in the table, or could not be built),
 ``budget`` (stopped by ``--time-budget``; a rerun measures the rest), ``interrupted``
@@ -78,6 +85,8 @@ class DeviceModelInfo:
     #: fingerprint of the points ``fit`` and ``holdout`` were computed on (a rebuild that
     #: finds the same points reuses them instead of fitting again)
     fitted_on: str = ""
+    #: the boards that measured the table's points and the last farm build's overlap check
+    farm: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -87,7 +96,7 @@ class DeviceModelInfo:
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"format": DM_FORMAT, "version": DM_VERSION}
         for f in fields(self):
-            if f.name == "path":
+            if f.name == "path" or (f.name == "farm" and not self.farm):  # older files have no farm
                 continue
             v = getattr(self, f.name)
             d[f.name] = v.to_dict() if isinstance(v, TableKey) else v
@@ -115,7 +124,7 @@ class DeviceModelInfo:
                             for k, v in dict(d.get("points_by_kind", {})).items()},
             failed={str(k): str(v) for k, v in dict(d.get("failed", {})).items()},
             busy=dict(d.get("busy", {})), fit=dict(d.get("fit", {})), holdout=dict(d.get("holdout", {})),
-            fitted_on=str(d.get("fitted_on", "")), path=path,
+            fitted_on=str(d.get("fitted_on", "")), farm=dict(d.get("farm") or {}), path=path,
         )
 
 

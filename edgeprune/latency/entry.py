@@ -7,6 +7,7 @@ the table logic.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import statistics
 from collections.abc import Iterable, Mapping
@@ -61,6 +62,10 @@ class LatencyEntry:
     #: (:func:`edgeprune.host.busy_cores`; 0 = idle or unknown): a table or device model
     #: measured busy is known as such and never reused silently as quiet
     busy: float = 0.0
+    #: which board measured it, where a table is shared by the boards of one kind
+    #: (``Device.table_device``; "" where the table is one device's own); boards that
+    #: added rounds later are appended ("pi-a,pi-b")
+    device: str = ""
 
     @property
     def spread(self) -> float:
@@ -80,7 +85,7 @@ class LatencyEntry:
     def merged(self, rounds: list[float], runs: int, scale: float = 1.0) -> "LatencyEntry":
         allr = list(self.rounds) + list(rounds)
         return LatencyEntry(ms=robust_ms(allr), rounds=allr, runs=self.runs + runs, measured=now_iso(),
-                            scale=scale, remeasured=self.remeasured + 1, busy=self.busy)
+                            scale=scale, remeasured=self.remeasured + 1, busy=self.busy, device=self.device)
 
     def completed(self, rounds: list[float], runs: int, scale: float = 1.0, partial: int = 0) -> "LatencyEntry":
         """This point cut short by an interruption, with the ``rounds`` it still owed
@@ -88,7 +93,8 @@ class LatencyEntry:
         Not a re-measurement: the point keeps its allowance for noisy re-measurements."""
         allr = list(self.rounds) + list(rounds)
         return LatencyEntry(ms=robust_ms(allr), rounds=allr, runs=self.runs + runs, measured=now_iso(),
-                            scale=scale, remeasured=self.remeasured, partial=partial, busy=self.busy)
+                            scale=scale, remeasured=self.remeasured, partial=partial, busy=self.busy,
+                            device=self.device)
 
     @classmethod
     def from_rounds(cls, rounds: list[float], runs: int, scale: float = 1.0, partial: int = 0) -> "LatencyEntry":
@@ -98,7 +104,13 @@ class LatencyEntry:
     def rescaled(self, factor: float) -> "LatencyEntry":
         return LatencyEntry(ms=self.ms * factor, rounds=[r * factor for r in self.rounds], runs=self.runs,
                             measured=self.measured, scale=self.scale * factor, remeasured=self.remeasured,
-                            partial=self.partial, busy=self.busy)
+                            partial=self.partial, busy=self.busy, device=self.device)
+
+    def by(self, device: str) -> "LatencyEntry":
+        """This entry with ``device`` among the boards that measured it ("" changes nothing)."""
+        if not device or device in self.device.split(","):
+            return self
+        return dataclasses.replace(self, device=f"{self.device},{device}" if self.device else device)
 
     def to_dict(self) -> dict[str, Any]:
         d = {"ms": round(self.ms, 6), "rounds": [round(r, 6) for r in self.rounds], "runs": self.runs,
@@ -109,6 +121,8 @@ class LatencyEntry:
             d["partial"] = self.partial
         if self.busy:
             d["busy"] = round(self.busy, 2)
+        if self.device:
+            d["device"] = self.device
         return d
 
     @classmethod
@@ -119,4 +133,4 @@ class LatencyEntry:
         return cls(ms=robust_ms(rounds) if rounds else float(d["ms"]), rounds=rounds, runs=int(d.get("runs", 0)),
                    measured=str(d.get("measured", "")), scale=float(d.get("scale", 1.0)),
                    remeasured=int(d.get("remeasured", 0)), partial=int(d.get("partial", 0)),
-                   busy=float(d.get("busy", 0.0)))
+                   busy=float(d.get("busy", 0.0)), device=str(d.get("device", "")))

@@ -12,11 +12,21 @@ the file.
 Each saved entry carries ``busy``: the CPUs other processes kept busy on a local device
 when its chunk was timed (:func:`edgeprune.host.busy_cores`), so a table or device model
 measured on a busy host is known as such and not silently reused as quiet.
+
+Several boards, one file: boards of one kind share a table (``Device.table_device``), and
+a device-model build over a board farm (:mod:`edgeprune.flows.farm`) times on every board
+at once, one thread per board, each with its own measurer
+(:meth:`PointRecorder.measure`'s ``measurer``). Every chunk of every board still goes
+through this one recorder: its lock serialises the conversion into the table's unit, the
+in-memory entries and the file write (the store's file lock and atomic rename then keep
+other processes out), so no board's chunk is lost or half-written, and each entry names
+the board that measured it (``LatencyEntry.device``) where the table is shared.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +66,8 @@ class PointRecorder:
         self.completed: set[str] = set()  # points cut short by an interrupted run, completed now
         self.busy_probe = busy_probe
         self.busy: float | None = None
+        #: one chunk at a time, whichever board's thread it comes from (module docstring)
+        self._lock = threading.RLock()
 
     # ---- writing ---------------------------------------------------------------------------
     def save(self, new: Mapping[str, LatencyEntry], models: Mapping[str, dict[str, Any]] | None = None
@@ -63,6 +75,10 @@ class PointRecorder:
         """Merge ``new`` entries (and model measurements) into the file under its lock. If
         another profiler defined the file's unit first, adopt it (the new entries are
         rescaled to it by the store) and go on in that unit."""
+        with self._lock:
+            return self._save(new, models)
+
+    def _save(self, new: Mapping[str, LatencyEntry], models: Mapping[str, dict[str, Any]] | None) -> TableFile:
         if self.measurer.last_env:
             self.env = {k: v for k, v in self.measurer.last_env.items() if k != "timing"}
         ref = {"signature": REFERENCE_LAYER.signature(), "ms": self.unit.ref_ms} if self.unit.ref_ms else None
@@ -74,41 +90,59 @@ class PointRecorder:
             self.unit.ref_ms = merged.reference_ms
         return merged
 
-    def on_chunk(self, mode: str) -> Callable[[dict[str, Timing]], None]:
+    def board_of(self, measurer: "BundleMeasurer | None" = None) -> str:
+        """What an entry measured by ``measurer`` records as its board: the device's name
+        where the table is shared by a kind of boards, else "" (the table's own device)."""
+        name = (measurer or self.measurer).device.name
+        return "" if name == self.key.device else name
+
+    def on_chunk(self, mode: str, measurer: "BundleMeasurer | None" = None,
+                 tap: Callable[[dict[str, Timing]], None] | None = None) -> Callable[[dict[str, Timing]], None]:
         """The callback that turns one finished chunk's timings into entries (``mode``, see
-        :data:`MODES`) and saves them at once."""
+        :data:`MODES`) and saves them at once. ``measurer``: the board it came from (default
+        the recorder's own); ``tap`` sees the raw timings first (a farm's health check)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
+        mine = measurer is None or measurer is self.measurer
+        board = self.board_of(measurer)
 
         def keep(timings: dict[str, Timing]) -> None:
-            new = {}
-            for k, tm in timings.items():
-                rounds, f = self.unit.rounds(tm)
-                old = self.entries.get(k)
-                if old is not None and mode == "complete":
-                    e = old.completed(rounds, tm.runs, f, partial=tm.short)
-                    if not e.partial:
-                        self.completed.add(k)
-                elif old is not None and mode == "remeasure":
-                    e = old.merged(rounds, tm.runs, f)
-                else:
-                    e = LatencyEntry.from_rounds(rounds, tm.runs, f, partial=tm.short)
-                if self.busy is not None:
-                    e = dataclasses.replace(e, busy=round(max(self.busy, e.busy), 2))  # the busiest it was timed
-                self.entries[k] = new[k] = e
-                self.measured.add(k)
-            self.save(new)
+            if tap is not None:
+                tap(timings)
+            with self._lock:
+                busy = self.busy if mine else None  # sampled on this host: only the recorder's own device
+                new = {}
+                for k, tm in timings.items():
+                    rounds, f = self.unit.rounds(tm)
+                    old = self.entries.get(k)
+                    if old is not None and mode == "complete":
+                        e = old.completed(rounds, tm.runs, f, partial=tm.short)
+                        if not e.partial:
+                            self.completed.add(k)
+                    elif old is not None and mode == "remeasure":
+                        e = old.merged(rounds, tm.runs, f)
+                    else:
+                        e = LatencyEntry.from_rounds(rounds, tm.runs, f, partial=tm.short)
+                    e = e.by(board)
+                    if busy is not None:
+                        e = dataclasses.replace(e, busy=round(max(busy, e.busy), 2))  # the busiest it was timed
+                    self.entries[k] = new[k] = e
+                    self.measured.add(k)
+                self._save(new, None)
         return keep
 
     # ---- measuring -------------------------------------------------------------------------
     def measure(self, jobs: list[Job], mode: str, rounds: int, series: "BenchSettings",
-                description: str) -> dict[str, str]:
-        """Time ``jobs`` (keyed by point signature) in interleaved rounds on the device,
-        saving each chunk as it finishes; returns ``{signature: error}`` for points that
-        could not be measured."""
-        if self.busy_probe is not None:
+                description: str, measurer: "BundleMeasurer | None" = None,
+                tap: Callable[[dict[str, Timing]], None] | None = None) -> dict[str, str]:
+        """Time ``jobs`` (keyed by point signature) in interleaved rounds on the device
+        (``measurer``'s, default the recorder's own: one board of a farm each), saving each
+        chunk as it finishes; returns ``{signature: error}`` for points that could not be
+        measured. Safe to call from one thread per board at once."""
+        m = measurer or self.measurer
+        if self.busy_probe is not None and m is self.measurer:
             self.busy = self.busy_probe()
-        _, errs = self.measurer.measure(jobs, rounds, series, self.on_chunk(mode), description=description)
+        _, errs = m.measure(jobs, rounds, series, self.on_chunk(mode, m, tap), description=description)
         return errs
 
     # ---- what happened ---------------------------------------------------------------------

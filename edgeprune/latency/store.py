@@ -15,7 +15,7 @@ Format (``docs/latency-tables.md`` has the full description)::
      "key": {"target", "target_fingerprint", "device", "backend", "backend_version", "threads"},
      "env": {...what the device reported: cpu, runtime version, governor...},
      "created", "updated",
-     "entries": {"<signature>": {"ms", "rounds": [...], "runs", "measured"}},
+     "entries": {"<signature>": {"ms", "rounds": [...], "runs", "measured", ["device"]}},
      "models": {"<model fingerprint>": {...full-model and calibration measurements...}}}
 
 Writers take an exclusive ``fcntl`` lock on ``<file>.lock``, re-read the file, merge
@@ -120,10 +120,13 @@ class TableKey:
 
 
 def table_key(target: "Target", device: "Device", backend: str, threads: int, timing: str = "wall") -> TableKey:
-    """The measurement context of a table of ``target`` on ``device`` with ``backend``."""
+    """The measurement context of a table of ``target`` on ``device`` with ``backend``.
+    Boards of one ``board_kind`` share their table (``Device.table_device``: ``kind:K``),
+    each entry saying which board measured it (``LatencyEntry.device``)."""
     from edgeprune.compile.backends import get_backend
 
-    return TableKey(target=target.name, target_fingerprint=target_fingerprint(target, backend), device=device.name,
+    return TableKey(target=target.name, target_fingerprint=target_fingerprint(target, backend),
+                    device=device.table_device,
                     backend=backend, backend_version=get_backend(backend).version(), threads=int(threads),
                     timing=timing)
 

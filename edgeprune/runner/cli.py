@@ -1,5 +1,5 @@
-"""The runner's command line: ``runner.pyz BUNDLE_DIR [--only JOB_ID ...] [--in-process]``
-or ``runner.pyz --probe``; the job loop, progress lines and exit codes.
+"""The runner's command line: ``runner.pyz BUNDLE_DIR [--only JOB_ID ...] [--in-process]
+[--cpus 0-3]`` or ``runner.pyz --probe``; the job loop, progress lines and exit codes.
 
 For every job in BUNDLE_DIR/manifest.json the runner loads the artifact, converts the
 inputs once, warms up, times single inferences (:mod:`.timing`, optionally inside the
@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 
+from .affinity import pin_runner
 from .errors import ManifestError
 from .job import run_job
 from .manifest import append_result, load_manifest, select_jobs
@@ -61,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--only", nargs="+", metavar="JOB_ID", help="run only these jobs")
     ap.add_argument("--probe", action="store_true", help="print JSON about this device and exit")
     ap.add_argument("--in-process", action="store_true", help="run jobs in this process (no worker processes)")
+    ap.add_argument("--cpus", metavar="LIST", help="pin the runner and its workers to these CPUs (0-3,6)")
     ap.add_argument("--worker-fd", type=int, default=None, help=argparse.SUPPRESS)
     return ap
 
@@ -106,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as exc:
         print(LOG_PREFIX + "bad manifest: %s" % exc, file=sys.stderr)
         return 2
+    if args.cpus and args.worker_fd is None:  # the device's cpu_affinity: workers inherit the mask
+        try:
+            log("pinned to CPUs %s" % pin_runner(args.cpus))
+        except ValueError as exc:
+            print(LOG_PREFIX + str(exc), file=sys.stderr)
+            return 2
     env = base_env()
     if args.worker_fd is not None:  # internal: run jobs, stream results to the parent
         return serve(args.worker_fd, jobs, bundle, env)

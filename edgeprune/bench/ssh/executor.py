@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.bench.bundle import RESULTS_FILE, RUNNER_FILE, BenchJob, JobResult
-from edgeprune.bench.executor import Executor, RunnerInterrupted, complete_results, manifest_jobs, parse_results
+from edgeprune.bench.executor import (Executor, RunnerInterrupted, complete_results, cpus_args, manifest_jobs,
+                                      parse_results)
 from edgeprune.bench.ssh.command import last_message, valid_env_name
 from edgeprune.bench.ssh.connection import TRANSIENT, SSHConnection, describe
 from edgeprune.bench.ssh.limits import PROCESS_BOARD_SLOTS, BoardKey, BoardSlots
@@ -148,6 +149,7 @@ class SSHExecutor(Executor):
                     posixpath.join(remote_dir, RUNNER_FILE), remote_dir]
             if partial or len(runnable) != len(jobs):
                 argv += ["--only", *(j.id for j in runnable)]
+            argv += cpus_args(dev.cpu_affinity)  # the runner pins itself and its workers
             outcome = self._execute(conn, argv, timeout_s, stop)
             results = self._download_results(conn, remote_dir, bundle_dir)
             self._write_log(bundle_dir, outcome)
