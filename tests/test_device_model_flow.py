@@ -115,17 +115,19 @@ def test_an_unreachable_budget_is_refused_before_anything_is_measured(built, tmp
 
 
 def test_the_pruned_model_is_timed_against_the_budget(built, tmp_path):
+    """0.8, not lower: the fixed part of a 0.1 ms model puts its narrowest widths at ~0.67x
+    here, and a budget below that is refused before the search (the next test but one)."""
     from edgeprune.flows.prune import prune_model
     from edgeprune.models.spec import load_model
 
     target, _ = built
-    res = prune_model(load_model(SMALL), target, LOCAL, budget=0.6, importance="l1", finetune_epochs=0,
+    res = prune_model(load_model(SMALL), target, LOCAL, budget=0.8, importance="l1", finetune_epochs=0,
                       progress=False, log=lambda m: None, store=_fresh_store(built, tmp_path),
                       allow_budget_miss=True)
     check = res.budget_check
     assert check is not None and check["attempts"], check
     assert 0 < check["measured_fraction"] < 1.5
-    assert check["met"] == (check["measured_fraction"] <= 0.6 * (1 + check["tolerance"]))
+    assert check["met"] == (check["measured_fraction"] <= 0.8 * (1 + check["tolerance"]))
     assert res.to_dict()["measured_fraction"] == check["measured_fraction"]
     assert any("latency budget" in n for n in res.notes)
 
