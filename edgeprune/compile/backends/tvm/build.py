@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgeprune.compile.backends.base import BACKENDS, Artifact, Backend
 from edgeprune.compile.backends.base import one_line
-from edgeprune.compile.backends.tvm.cuda import build_problem, compile_mode, cuda_payload, cuda_problem
+from edgeprune.compile.backends.tvm.cuda import (build_problem, compile_mode, cuda_payload, cuda_problem,
+                                                 executable_modules)
 from edgeprune.compile.backends.tvm.records import TuningError, apply_records, records_for
 from edgeprune.compile.backends.tvm.relax import import_relax
 from edgeprune.compile.backends.tvm.targets import NAME, apt_package, cross_compiler, target_dict, tvm_version
@@ -171,16 +172,10 @@ def cuda_note(target: "Target", payload: str | None, compiler: str | None) -> st
 
 def gpu_kernel_source(ex) -> tuple[str, str] | None:
     """("cu" | "cl", device source) embedded in a built Relax executable, or None."""
-    stack, seen = [ex.mod], set()
-    while stack:
-        m = stack.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
+    for m in executable_modules(ex):
         kind = getattr(m, "kind", "")
         if kind in ("cuda", "opencl"):
             return ("cu" if kind == "cuda" else "cl"), m.inspect_source()
-        stack.extend(m.imports)
     return None
 
 

@@ -100,18 +100,25 @@ def compile_mode() -> Iterator[str | None]:
             os.environ.pop(COMPILE_MODE_ENV, None)
 
 
-def cuda_payload(ex) -> str | None:
-    """What a built executable's CUDA module carries: "ptx" / "cubin" (compiled at build
-    time) or "cuda" (CUDA C source, compiled by the TVM that loads it); None without one.
-
-    The source-carrying module is TVM's codegen-time fallback, which refuses every
-    function lookup with "CUDA runtime is not linked"; a compiled module answers."""
+def executable_modules(ex) -> Iterator:
+    """Every runtime module of a built Relax executable and its imports, each once."""
     stack, seen = [ex.mod], set()
     while stack:
         m = stack.pop()
         if id(m) in seen:
             continue
         seen.add(id(m))
+        yield m
+        stack.extend(m.imports)
+
+
+def cuda_payload(ex) -> str | None:
+    """What a built executable's CUDA module carries: "ptx" / "cubin" (compiled at build
+    time) or "cuda" (CUDA C source, compiled by the TVM that loads it); None without one.
+
+    The source-carrying module is TVM's codegen-time fallback, which refuses every
+    function lookup with "CUDA runtime is not linked"; a compiled module answers."""
+    for m in executable_modules(ex):
         if getattr(m, "kind", "") == "cuda":
             try:
                 m.get_function("__edgeprune_payload_probe", query_imports=False)
@@ -122,5 +129,4 @@ def cuda_payload(ex) -> str | None:
                 return "ptx" if m.inspect_source("ptx") else "cubin"
             except Exception:  # noqa: BLE001 - binary formats do not print as text
                 return "cubin"
-        stack.extend(m.imports)
     return None
