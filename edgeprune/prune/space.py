@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
-LayerKind = Literal["conv", "linear", "lstm", "gru"]
+LayerKind = Literal["conv", "linear", "lstm", "gru", "attention"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,11 @@ class PruneGroup:
     layers: tuple[str, ...] = ()  # module names whose parameters this group cuts
     min_size: int = 1
     prunable: bool = True  # False for model outputs and --keep-layer
+    #: channels come in whole blocks of ``unit`` consecutive channels that are kept or cut
+    #: together: a conv group of a grouped conv with a fixed group width (RegNet /
+    #: ResNeXt), an attention head (``head_dim`` channels of q, k and v). Every width of
+    #: such a group is a multiple of ``unit`` (and ``min_size >= unit``).
+    unit: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +57,13 @@ class PrunableLayer:
     #: a grouped conv (1 < groups, not depthwise: ResNeXt / RegNet blocks): each output
     #: channel reads cin / groups inputs, so it costs 1 / groups of a dense conv's MACs
     groups: int = 1
+    #: a grouped conv whose *group width* is fixed (RegNet / ResNeXt): pruning removes whole
+    #: conv groups, so ``groups`` follows the width: ``groups = cin // group_width``
+    #: (0: ``groups`` is fixed)
+    group_width: int = 0
+    #: attention (kind "attention": softmax(q k^T / sqrt(d)) v over ``seq_len`` tokens,
+    #: ``rows`` = batch): channels per head; heads = channels // head_dim
+    head_dim: int = 0
     input_hw: tuple[int, int] | None = None  # conv: spatial size of the input
     rows: int = 1  # linear: product of leading dims (batch x tokens); rnn: batch
     seq_len: int = 1  # rnn: time steps
