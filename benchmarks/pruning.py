@@ -1,46 +1,63 @@
-"""The headline figure: hardware-aware pruning vs uniform pruning, measured on this host.
+"""The headline figure: hardware-aware pruning vs uniform pruning and vs Torch-Pruning, measured on this host.
 
-For each model (digits-cnn, lstm-digits, mlp-recsys, digits-resnet by default):
+For each model - the zoo's (digits-cnn, digits-resnet, lstm-digits, mlp-recsys) and the
+user-style families of ``benchmarks/families.py`` (MobileNetV3-Small, ShuffleNetV2,
+RegNetX, ResNet-18, ViT-tiny at 64x64 RGB, trained on the digits and given to edgeprune
+as ``module:factory`` + weights + ``.npz`` data, exactly as a user gives them):
 
-1. the latency table of the model is profiled on this host with ONNX Runtime (cached in
-   the LUT store, so a second run reuses it);
-2. ``uniform`` (same ratio everywhere, L1), ``knapsack`` (HALP-like, Taylor) and
-   ``greedy`` (NetAdapt-like, L1) prune to each latency budget (fractions of the
-   original's predicted latency) and fine-tune with the same recipe;
-3. every pruned model and the original are exported to ONNX and timed with ONNX
-   Runtime by the library's own ``prepare`` + ``measure`` (one bundle, the on-device
-   runner, ``rounds`` interleaved rounds in rotated order; a model's latency is the
-   median of its round medians), so load from other processes hits all of them alike;
-4. accuracy is on the full validation split.
+1. the latency model is built once per model (``--tables model``: the device model plus
+   the few points this model needs, from ``--device-model-cache`` when given; ``--tables
+   full``: a measured table of every layer) and cached in the LUT store;
+2. every strategy prunes to each latency budget (fractions of the original's predicted
+   latency) and fine-tunes with the same recipe: ``uniform`` (same ratio everywhere,
+   L1), ``knapsack`` (HALP-like), ``greedy`` (NetAdapt-like) ... through ``prune_model``;
+   ``tp`` is Torch-Pruning's own ``MetaPruner`` (global, group-norm importance) pruned
+   to the MACs of the ``--tp-match`` strategy's result at the same budget and recovered
+   with the same recipe (benchmarks/peer.py);
+3. every pruned model and the original are exported to ONNX and timed with ONNX Runtime
+   by the library's ``prepare`` + ``measure`` in ``rounds`` interleaved rounds (median of
+   round medians), so load hits all alike; accuracy is on the whole validation split.
 
-Reported, per model:
+Reported, per model, against each reference (``tp`` and ``uniform`` when run):
 
-- **same latency**: accuracy of each strategy at uniform's measured latency (linear
-  interpolation along the strategy's accuracy-vs-measured-latency curve);
-- **same accuracy**: the measured latency each strategy needs to reach uniform's
-  accuracy at each budget, as a ratio to uniform's latency (aim: <= 0.8);
-- **0.5x budget**: accuracy loss vs the unpruned model at the 0.5 budget (aim: <= 1 point)
-  and the measured latency ratio actually achieved.
+- **same latency**: accuracy of each strategy at the reference's measured latency
+  (linear interpolation along the strategy's accuracy-vs-measured-latency curve);
+- **same accuracy**: the measured latency each strategy needs to reach the reference's
+  accuracy at each budget, as a ratio to the reference's latency (aim: <= 0.8);
+- **aims** (issue 17), a pass/fail table: <= 0.8x Torch-Pruning's measured latency at
+  equal accuracy; at the 0.5 budget <= 0.65x the unpruned model's measured latency with
+  <= 1 point lost (CNNs) / <= 2 points (transformers).
 
-Each prune run is cached in ``--out`` (JSON + ONNX), so an interrupted run resumes.
+Each prune run is cached in ``--out`` (JSON + ONNX), the families' weights in ``--families-out``.
 
-Strategy labels are ``strategy[/importance][@gradual_steps]``: ``knapsack/l1`` uses L1
-instead of the default Taylor importance, ``knapsack@3`` prunes in 3 steps with
-fine-tuning between them (same total fine-tuning epochs).
+Labels ``strategy[/importance][@gradual_steps][+depth]``: ``knapsack/l1`` uses L1, ``knapsack@3`` prunes in 3 steps with
+fine-tuning between them (same total fine-tuning epochs), ``knapsack+depth`` lets the
+search remove whole blocks too (``PruneOptions(depth="auto")``, where this edgeprune has
+it), ``tp``, ``tp/groupnorm``, ``tp/l2``, ``tp/l1``, ``tp/taylor`` are Torch-Pruning.
 
-Usage: python benchmarks/pruning.py [--models digits-cnn,...] [--budgets 0.15,0.25,0.35,0.5]
-       [--strategies uniform,knapsack,greedy,knapsack@3] [--out out/bench-pruning] [--rounds 7]
+Usage: python benchmarks/pruning.py [--models ...] [--budgets 0.35,0.5] [--strategies knapsack,greedy,tp]
+       [--tables model|full] [--device-model-cache DIR] [--out out/bench-pruning] [--rounds 7] (see --help)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import peer  # noqa: E402
+from benchmarks.families import FAMILIES, INPUT_SHAPE, train_family  # noqa: E402
 
 #: fine-tuning recipe per model (the same for every strategy): epochs, batch size, lr
 RECIPES = {
@@ -49,6 +66,7 @@ RECIPES = {
     "lstm-digits": {"finetune_epochs": 6, "batch_size": 64, "lr": 2e-3, "shift": 0},
     "gru-digits": {"finetune_epochs": 6, "batch_size": 64, "lr": 2e-3, "shift": 0},
     "mlp-recsys": {"finetune_epochs": 1, "batch_size": 1024, "lr": 5e-4, "shift": 0},
+    "family": {"finetune_epochs": 3, "batch_size": 64, "lr": 1e-3, "shift": 4},  # 64x64: 4 px = half a scan pixel
 }
 IMPORTANCE = {"uniform": "l1", "knapsack": "taylor", "greedy": "l1", "genetic": "l1"}
 GREEDY = {"iterations": 4, "proposal_steps": 6, "step_finetune": 25}
@@ -59,15 +77,25 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def parse_label(label: str) -> tuple[str, str, int]:
-    """``strategy[/importance][@gradual_steps]``, e.g. ``knapsack``, ``knapsack/l1``,
-    ``knapsack@3`` (prune in 3 steps with fine-tuning between them)."""
+def parse_label(label: str) -> tuple[str, str, int, bool]:
+    """``strategy[/importance][@gradual_steps][+depth]``, e.g. ``knapsack``, ``knapsack/l1``,
+    ``knapsack@3`` (prune in 3 steps with fine-tuning between them), ``knapsack+depth``
+    (whole blocks may go too), ``tp`` / ``tp/l2`` (Torch-Pruning's MetaPruner)."""
+    depth = label.endswith("+depth")
+    label = label.removesuffix("+depth")
     steps = 1
     if "@" in label:
         label, n = label.split("@", 1)
         steps = int(n)
     strategy, _, importance = label.partition("/")
-    return strategy, importance or IMPORTANCE[strategy], steps
+    if strategy == "tp":
+        if steps != 1 or depth or (importance or "groupnorm") not in peer.TP_IMPORTANCES:
+            raise SystemExit(f"{label}: Torch-Pruning runs one-shot width pruning here (no @steps, no +depth) "
+                             f"with importance {', '.join(peer.TP_IMPORTANCES)}")
+        return strategy, importance or "groupnorm", 1, False
+    if strategy not in IMPORTANCE:
+        raise SystemExit(f"unknown strategy '{strategy}' in '{label}'; choose {', '.join([*IMPORTANCE, 'tp'])}")
+    return strategy, importance or IMPORTANCE[strategy], steps, depth
 
 
 def measure_interleaved(paths: dict[str, Path], work: Path, target, device, rounds: int,
@@ -123,39 +151,85 @@ def latency_for_acc(curve: list[tuple[float, float]], acc: float) -> tuple[float
     return None, ""  # never reaches it
 
 
+def load_bench_model(name: str, args):
+    """(LoadedModel, kind, recipe): a zoo model by name, or a family from
+    benchmarks/families.py trained (once, cached) and then loaded exactly as a user's
+    model: ``load_model("benchmarks.families:FACTORY", weights=w.pt, data=data.npz)``."""
+    from edgeprune.models.spec import load_model
+
+    if name in FAMILIES:
+        rec = train_family(name, args.families_out, args.train_epochs, log=log)
+        model = load_model(rec["spec"], weights=Path(rec["weights"]), data=Path(rec["data"]),
+                           input_shape=[INPUT_SHAPE], log=log)
+        return model, rec["kind"], dict(RECIPES["family"])
+    return load_model(f"zoo:{name}", log=log), "cnn", dict(RECIPES.get(name, RECIPES["digits-cnn"]))
+
+
+def lut_store(args):
+    """The LUT store of edgeprune's latency model: a copy of ``--device-model-cache`` under
+    ``--out`` (the points measured here never change the given cache), or the usual cache."""
+    from edgeprune.latency.store import LUTStore
+
+    if args.device_model_cache is None:
+        return LUTStore()
+    src = args.device_model_cache / "lut" if (args.device_model_cache / "lut").is_dir() else args.device_model_cache
+    dst = args.out / "lut"
+    if not dst.exists():
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.lock"))
+    return LUTStore(dst)
+
+
+def _prune_options(args, recipe: dict, b: float, strategy: str, importance: str, steps: int, depth: bool):
+    from edgeprune.prune.options import PruneOptions
+
+    extra = GREEDY if strategy == "greedy" else GENETIC if strategy == "genetic" else {}
+    kw = dict(budget=b, strategy=strategy, importance=importance, seed=args.seed, distill=args.distill,
+              strategy_options=extra, gradual_steps=steps, tables=args.tables, profile_budget_s=args.profile_budget,
+              allow_budget_miss=True, **recipe)  # the benchmark measures every artifact itself
+    fields = {f.name for f in dataclasses.fields(PruneOptions)}
+    if depth:
+        if "depth" not in fields:
+            return None
+        kw["depth"] = "auto"
+    return PruneOptions(**{k: v for k, v in kw.items() if k in fields})
+
+
 def run_model(name: str, args, target, device) -> dict:
     import torch
 
     from edgeprune.compile.analysis import graph_cost
     from edgeprune.compile.export import export_onnx
-    from edgeprune.errors import PruneError
-    from edgeprune.flows.profile import profile_model
-    from edgeprune.flows.prune import prune_model
-    from edgeprune.models.spec import load_model
+    from edgeprune.errors import EdgepruneError
+    from edgeprune.flows.prune import default_latency_model, prune_model
     from edgeprune.models.train import evaluate
-    from edgeprune.prune.options import PruneOptions, pruned_loaded_model
     from edgeprune.prune.graph import build_space
+    from edgeprune.prune.options import PruneGateError, pruned_loaded_model
 
     out = args.out / name
     out.mkdir(parents=True, exist_ok=True)
-    model = load_model(f"zoo:{name}", log=log)
+    model, kind, recipe = load_bench_model(name, args)
+    if args.finetune_epochs is not None:
+        recipe["finetune_epochs"] = args.finetune_epochs
     data = model.data
     assert data is not None and model.module is not None
-    space = build_space(model.module, [torch.from_numpy(x) for x in model.example_inputs])
+    space = build_space(copy.deepcopy(model.module), [torch.from_numpy(x) for x in model.example_inputs])  # may convert
     t0 = time.perf_counter()
-    prof = profile_model(model, target, device, "onnxruntime", space=space, log=log)
-    predictor = prof.predictor
-    log(f"[{name}] latency table ready in {time.perf_counter() - t0:.0f} s: "
+    notes: list[str] = []
+    profiled: dict = {}
+    opts0 = _prune_options(args, recipe, 0.5, "knapsack", "l1", 1, False)
+    predictor = default_latency_model(model, space, target, device, opts0, log, notes, store=lut_store(args),
+                                      profiled=profiled)
+    log(f"[{name}] latency model ready in {time.perf_counter() - t0:.0f} s ({profiled.get('table_source')} tables): "
         f"predicted full {predictor.predict(space.full_widths()):.3f} ms")
     onnx_paths = {"original": out / "original.onnx"}
     if not onnx_paths["original"].exists():
         export_onnx(model, onnx_paths["original"])
     base_acc = float(evaluate(model.module, data.val, data.task, batch_size=256))
-    recipe = RECIPES.get(name, RECIPES["digits-cnn"])
     runs: dict[str, dict] = {}
     skipped: dict[str, str] = {}
-    for label in args.strategies:
-        strategy, importance, steps = parse_label(label)
+    labels = sorted(args.strategies, key=lambda s: s.startswith("tp"))  # tp matches an edgeprune run's MACs
+    for label in labels:
+        strategy, importance, steps, depth = parse_label(label)
         for b in args.budgets:
             key = f"{label}-{b:g}"
             rec_path = out / f"{key}.json"
@@ -164,31 +238,48 @@ def run_model(name: str, args, target, device) -> dict:
                 runs[key] = json.loads(rec_path.read_text())
                 continue
             log(f"[{name}] {label} at {b:g}x ...")
-            extra = GREEDY if strategy == "greedy" else GENETIC if strategy == "genetic" else {}
-            opts = PruneOptions(budget=b, strategy=strategy, importance=importance, seed=args.seed,
-                                distill=args.distill, strategy_options=extra, gradual_steps=steps, **recipe)
             t1 = time.perf_counter()
             try:
-                res = prune_model(model, options=opts, latency_model=predictor, log=log, progress=False)
-            except PruneError as exc:  # e.g. a budget below what the minimum widths can reach
-                log(f"[{name}] {key}: skipped: {exc}")
-                skipped[key] = str(exc)
+                if strategy == "tp":
+                    match = runs.get(f"{args.tp_match}-{b:g}")
+                    if match is None:
+                        raise EdgepruneError(f"no {args.tp_match} run at {b:g} to match the MACs of")
+                    r = peer.tp_prune(model, importance, match["macs"],
+                                      _prune_options(args, recipe, b, "knapsack", "l1", 1, False), log)
+                    module, rec = r.pop("module"), {**r, "importance": importance, "predicted_ms": None,
+                                                    "original_predicted_ms": None, "widths": None,
+                                                    "matched": f"{args.tp_match}-{b:g}"}
+                    pruned = dataclasses.replace(model, module=module)
+                else:
+                    opts = _prune_options(args, recipe, b, strategy, importance, steps, depth)
+                    if opts is None:
+                        raise EdgepruneError("this edgeprune's PruneOptions has no depth field yet")
+                    try:
+                        res = prune_model(model, options=opts, latency_model=predictor, log=log, progress=False)
+                    except PruneGateError as exc:  # a default accuracy limit: the result is still the figure
+                        res = exc.result
+                        log(f"[{name}] {key}: {exc}")
+                    pruned = pruned_loaded_model(model, res)
+                    rec = {"importance": res.importance, "accuracy_after_search": res.accuracy_after_search,
+                           "predicted_ms": res.predicted_latency_ms, "original_predicted_ms": res.original_predicted_ms,
+                           "widths": res.widths, "search_seconds": res.search_seconds,
+                           "finetune_seconds": res.finetune_seconds, "notes": res.notes,
+                           "budget_check": res.budget_check}
+                    module = res.module
+            except (EdgepruneError, RuntimeError, ValueError) as exc:  # e.g. an unreachable budget, a tp failure
+                log(f"[{name}] {key}: skipped: {type(exc).__name__}: {exc}")
+                skipped[key] = f"{type(exc).__name__}: {exc}"
                 del onnx_paths[key]
                 continue
             seconds = time.perf_counter() - t1
-            export_onnx(pruned_loaded_model(model, res), onnx_paths[key])
+            export_onnx(pruned, onnx_paths[key])
             cost = graph_cost(onnx_paths[key])
-            runs[key] = {
-                "strategy": label, "importance": res.importance, "budget": b, "gradual_steps": steps,
-                "accuracy": float(evaluate(res.module, data.val, data.task, batch_size=256)),
-                "accuracy_after_search": res.accuracy_after_search,
-                "predicted_ms": res.predicted_latency_ms, "original_predicted_ms": res.original_predicted_ms,
-                "params": cost.params, "macs": cost.macs, "widths": res.widths, "seconds": seconds,
-                "search_seconds": res.search_seconds, "finetune_seconds": res.finetune_seconds,
-            }
-            rec_path.write_text(json.dumps(runs[key], indent=1))
-            log(f"[{name}] {key}: acc {runs[key]['accuracy']:.2f}% (before fine-tune {res.accuracy_after_search:.2f}%), "
-                f"predicted {res.predicted_latency_ms:.3f} ms, {seconds:.0f} s")
+            runs[key] = {"strategy": label, "budget": b, "gradual_steps": steps, "depth": depth,
+                         **rec, "accuracy": float(evaluate(module, data.val, data.task, batch_size=256)),
+                         "params": cost.params, "macs": cost.macs, "seconds": seconds}
+            rec_path.write_text(json.dumps(runs[key], indent=1, default=str))
+            log(f"[{name}] {key}: acc {runs[key]['accuracy']:.2f}% (before fine-tune "
+                f"{runs[key]['accuracy_after_search']:.2f}%), {cost.macs / 1e6:.2f} M MACs, {seconds:.0f} s")
     log(f"[{name}] measuring {len(onnx_paths)} ONNX models interleaved ({args.rounds} rounds) ...")
     meas = measure_interleaved(onnx_paths, out / "measure", target, device, args.rounds, args.min_time)
     orig_ms = meas["original"]["median_ms"]
@@ -197,62 +288,65 @@ def run_model(name: str, args, target, device) -> dict:
         r["measured_ms"] = meas[key]["median_ms"]
         r["measured_ratio"] = meas[key]["median_ms"] / orig_ms
         r["spread"] = meas[key]["spread"]
-    return {"model": name, "original": {"accuracy": base_acc, "measured_ms": orig_ms, "params": orig_cost.params,
-                                        "val_samples": len(data.val),
-                                        "macs": orig_cost.macs, "predicted_ms": predictor.predict(space.full_widths()),
-                                        "spread": meas["original"]["spread"]},
-            "runs": runs, "skipped": skipped, "calibration": predictor.describe() if hasattr(predictor, "describe") else None}
+    return {"model": name, "kind": kind, "spec": model.spec,
+            "original": {"accuracy": base_acc, "measured_ms": orig_ms, "params": orig_cost.params,
+                         "val_samples": len(data.val), "macs": orig_cost.macs,
+                         "predicted_ms": predictor.predict(space.full_widths()), "spread": meas["original"]["spread"]},
+            "runs": runs, "skipped": skipped, "latency_model": profiled, "notes": notes, "recipe": recipe}
 
 
-def compare(res: dict, strategies: list[str], budgets: list[float], field: str = "accuracy") -> dict:
-    """Comparisons on ``field``: "accuracy" (after fine-tuning) or "accuracy_after_search"
-    (after the cut and BN recalibration only: what the search itself preserved).
+def compare(res: dict, strategies: list[str], budgets: list[float], field: str = "accuracy",
+            reference: str = "uniform") -> dict:
+    """Comparisons against ``reference`` (a strategy label: "uniform", "tp", ...) on
+    ``field``: "accuracy" (after fine-tuning) or "accuracy_after_search" (after the cut
+    and BN recalibration only: what the search itself preserved).
 
     Same accuracy compares *curves*: for an accuracy level A, the smallest measured
     latency at which each strategy reaches A (linear between budgets). When both curves
     reach A already at their fastest point, the data cannot separate them and the pair
     is reported as such, not as a ratio."""
+    ref = reference
     runs = {k: {**r, "accuracy": r[field]} for k, r in res["runs"].items()}
     base = res["original"]
-    curves = {s: [(r["measured_ms"], r["accuracy"]) for r in runs.values() if r["strategy"] == s] for s in strategies}
-    out: dict = {"same_latency": [], "same_accuracy": [], "half_budget": {}}
+    curves = {s: [(r["measured_ms"], r["accuracy"]) for r in runs.values() if r["strategy"] == s]
+              for s in set(strategies) | {ref}}
+    others = [s for s in strategies if s != ref and curves.get(s) and not (ref.startswith("tp") and s.startswith("tp"))]
+    out: dict = {"reference": ref, "same_latency": [], "same_accuracy": [], "half_budget": {}}
     levels = [("within 1 point of the original", base["accuracy"] - 1.0)]
     for b in budgets:
-        u = runs.get(f"uniform-{b:g}")
+        u = runs.get(f"{ref}-{b:g}")
         if u is None:
             continue
-        levels.append((f"uniform's accuracy at budget {b:g}", u["accuracy"]))
-        for s in strategies:
-            if s == "uniform" or f"{s}-{b:g}" not in runs:
+        levels.append((f"{ref}'s accuracy at budget {b:g}", u["accuracy"]))
+        for s in others:
+            if f"{s}-{b:g}" not in runs:
                 continue
             acc = interp_acc_at(curves[s], u["measured_ms"])
-            out["same_latency"].append({"budget": b, "strategy": s, "uniform_ms": u["measured_ms"],
-                                        "uniform_acc": u["accuracy"], "strategy_acc_at_same_ms": acc})
+            out["same_latency"].append({"budget": b, "strategy": s, "ref_ms": u["measured_ms"],
+                                        "ref_acc": u["accuracy"], "strategy_acc_at_same_ms": acc})
     seen: set[float] = set()
     for label, level in levels:
         if round(level, 6) in seen:
             continue
         seen.add(round(level, 6))
-        lu, ku = latency_for_acc(curves.get("uniform", []), level)
-        for s in strategies:
-            if s == "uniform":
-                continue
+        lu, ku = latency_for_acc(curves.get(ref, []), level)
+        for s in others:
             ls, ks = latency_for_acc(curves[s], level)
             entry = {"level": label, "accuracy": level, "strategy": s, "strategy_ms": ls, "strategy_bound": ks,
-                     "uniform_ms": lu, "uniform_bound": ku, "ratio": None, "verdict": ""}
+                     "ref_ms": lu, "ref_bound": ku, "ratio": None, "verdict": ""}
             if ls is None and lu is None:
                 entry["verdict"] = "neither reaches it"
             elif ls is None:
-                entry["verdict"] = f"{s} never reaches it (uniform at {lu:.3f} ms)"
+                entry["verdict"] = f"{s} never reaches it ({ref} at {lu:.3f} ms)"
             elif lu is None:
-                entry["verdict"] = f"uniform never reaches it; {s} at {ks}{ls:.3f} ms"
+                entry["verdict"] = f"{ref} never reaches it; {s} at {ks}{ls:.3f} ms"
             elif ku and ks:
                 entry["verdict"] = (f"not separated: both reach it at every measured budget (fastest: {s} "
-                                    f"{ls:.3f} ms, uniform {lu:.3f} ms)")
+                                    f"{ls:.3f} ms, {ref} {lu:.3f} ms)")
             else:
                 entry["ratio"] = ls / lu
                 bound = "<= " if ks and not ku else ">= " if ku and not ks else ""
-                entry["verdict"] = f"{s} {ls:.3f} ms vs uniform {lu:.3f} ms: {bound}{ls / lu:.2f}x"
+                entry["verdict"] = f"{s} {ls:.3f} ms vs {ref} {lu:.3f} ms: {bound}{ls / lu:.2f}x"
             out["same_accuracy"].append(entry)
     for s in strategies:
         r = runs.get(f"{s}-0.5")
@@ -260,6 +354,28 @@ def compare(res: dict, strategies: list[str], budgets: list[float], field: str =
             out["half_budget"][s] = {"measured_ratio": r["measured_ratio"], "accuracy": r["accuracy"],
                                      "loss": base["accuracy"] - r["accuracy"]}
     return out
+
+
+def references(strategies: list[str], runs: dict) -> list[str]:
+    """The references a model is compared against: its first Torch-Pruning label, then
+    uniform, each only when it was run."""
+    ran = {r["strategy"] for r in runs.values()}
+    tp = [s for s in strategies if s.startswith("tp") and s in ran][:1]
+    return tp + ["uniform"] * ("uniform" in ran)
+
+
+def comparisons_of(res: dict, strategies: list[str], budgets: list[float]) -> dict:
+    out = {}
+    for ref in references(strategies, res["runs"]):
+        out[ref] = compare(res, strategies, budgets, reference=ref)
+        out[ref + ":before-ft"] = compare(res, strategies, budgets, "accuracy_after_search", reference=ref)
+    tp = next((r for r in out if r.startswith("tp") and ":" not in r), None)
+    out["aims"] = peer.aims(res, out.get(tp), res.get("kind", "cnn"), strategies)
+    return out
+
+
+def _f(v, fmt: str = ".2f") -> str:
+    return "-" if v is None else format(v, fmt)
 
 
 def render(results: list[dict], comparisons: dict, strategies: list[str]) -> str:
@@ -274,30 +390,34 @@ def render(results: list[dict], comparisons: dict, strategies: list[str]) -> str
                   "| strategy | budget | measured ms | ratio | predicted ratio | accuracy | before FT | MACs (M) | search s | total s |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(res["runs"].values(), key=lambda r: (r["strategy"], r["budget"])):
+            pred = r["predicted_ms"] / r["original_predicted_ms"] if r.get("predicted_ms") else None
             lines.append(f"| {r['strategy']} | {r['budget']:g} | {r['measured_ms']:.3f} | {r['measured_ratio']:.2f} | "
-                         f"{r['predicted_ms'] / r['original_predicted_ms']:.2f} | {r['accuracy']:.2f} | "
-                         f"{r['accuracy_after_search']:.2f} | {r['macs'] / 1e6:.1f} | {r['search_seconds']:.0f} | "
-                         f"{r['seconds']:.0f} |")
+                         f"{_f(pred)} | {r['accuracy']:.2f} | {_f(r.get('accuracy_after_search'))} | "
+                         f"{r['macs'] / 1e6:.1f} | {_f(r.get('search_seconds'), '.0f')} | {r['seconds']:.0f} |")
         for key, why in res.get("skipped", {}).items():
             lines.append(f"\n{key}: not run ({why})")
-        for title, c in (("after fine-tuning", comparisons[name]),
-                         ("before fine-tuning (cut + BN recalibration only)", comparisons.get(name + ":before-ft"))):
-            if c is not None:
-                lines += ["", f"### {title}"] + _render_comparison(c)
+        comp = comparisons[name]
+        lines += ["", "### Aims (issue 17)"] + peer.render_aims(comp.get("aims", []))
+        for ref in (k for k in comp if k != "aims" and ":" not in k):
+            for title, c in ((f"vs {ref}, after fine-tuning", comp[ref]),
+                             (f"vs {ref}, before fine-tuning (cut + BN recalibration only)", comp.get(ref + ":before-ft"))):
+                if c is not None:
+                    lines += ["", f"### {title}"] + _render_comparison(c)
         lines.append("")
     return "\n".join(lines)
 
 
 def _render_comparison(c: dict) -> list[str]:
-    lines: list[str] = ["", "Same measured latency as uniform (accuracy, interpolated):", ""]
+    ref = c["reference"]
+    lines: list[str] = ["", f"Same measured latency as {ref} (accuracy, interpolated):", ""]
     for e in c["same_latency"]:
         a = e["strategy_acc_at_same_ms"]
-        lines.append(f"- budget {e['budget']:g}: uniform {e['uniform_acc']:.2f}% at {e['uniform_ms']:.3f} ms; "
+        lines.append(f"- budget {e['budget']:g}: {ref} {e['ref_acc']:.2f}% at {e['ref_ms']:.3f} ms; "
                      f"{e['strategy']} {'n/a (outside its measured range)' if a is None else f'{a:.2f}%'}")
-    lines += ["", "Same accuracy (smallest measured latency reaching it, strategy / uniform; aim <= 0.8):", ""]
+    lines += ["", f"Same accuracy (smallest measured latency reaching it, strategy / {ref}; aim <= 0.8):", ""]
     for e in c["same_accuracy"]:
         lines.append(f"- {e['level']} ({e['accuracy']:.2f}%): {e['verdict']}")
-    lines += ["", "At the 0.5 budget (aim: <= 1 point below the unpruned model):", ""]
+    lines += ["", "At the 0.5 budget (the aims table above judges it):", ""]
     for s, e in c["half_budget"].items():
         lines.append(f"- {s}: measured {e['measured_ratio']:.2f}x of the original, accuracy {e['accuracy']:.2f}% "
                      f"({-e['loss']:+.2f} points)")
@@ -306,10 +426,23 @@ def _render_comparison(c: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="lstm-digits,mlp-recsys,digits-cnn,digits-resnet")
-    ap.add_argument("--budgets", default="0.15,0.25,0.35,0.5")
-    ap.add_argument("--strategies", default="uniform,knapsack,greedy,knapsack@3")
+    ap.add_argument("--models", default="digits-cnn,digits-resnet,mobilenetv3-small,shufflenet-v2,regnet-x,vit-tiny",
+                    help=f"zoo names and/or families of benchmarks/families.py ({', '.join(FAMILIES)})")
+    ap.add_argument("--budgets", default="0.35,0.5")
+    ap.add_argument("--strategies", default="knapsack,greedy,tp",
+                    help="labels strategy[/importance][@steps][+depth]; tp[/groupnorm|l2|l1|taylor] = Torch-Pruning")
+    ap.add_argument("--tp-match", default=None, metavar="LABEL",
+                    help="the strategy whose MACs Torch-Pruning is pruned to (default: the first non-tp label)")
+    ap.add_argument("--tables", choices=("model", "full"), default="model",
+                    help="edgeprune's latency model: the device model (+ this model's points) or full tables")
+    ap.add_argument("--device-model-cache", type=Path, default=None, metavar="DIR",
+                    help="an $EDGEPRUNE_CACHE holding a built device model (copied into --out, never changed)")
+    ap.add_argument("--profile-budget", type=float, default=180.0, help="device seconds a 'model' profile may spend")
+    ap.add_argument("--finetune-epochs", type=float, default=None, help="override every model's fine-tuning epochs")
     ap.add_argument("--out", type=Path, default=Path("out/bench-pruning"))
+    ap.add_argument("--families-out", type=Path, default=Path("out/families"),
+                    help="where the families' trained weights and data.npz are cached")
+    ap.add_argument("--train-epochs", type=int, default=None, help="families: override the training epochs")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--min-time", type=float, default=0.3, help="seconds per model per round")
     ap.add_argument("--distill", action="store_true", help="fine-tune every strategy with distillation")
@@ -318,6 +451,9 @@ def main() -> int:
     args = ap.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.strategies = args.strategies.split(",")
+    for label in args.strategies:
+        parse_label(label)  # a bad label fails now, not after an hour
+    args.tp_match = args.tp_match or next((s for s in args.strategies if not s.startswith("tp")), "knapsack")
     if args.render_only:
         saved = json.loads((args.out / "pruning.json").read_text())
         results = saved["results"]
@@ -325,8 +461,7 @@ def main() -> int:
         for res in results:
             strategies = sorted({r["strategy"] for r in res["runs"].values()}, key=lambda s: s != "uniform")
             budgets = sorted({r["budget"] for r in res["runs"].values()})
-            comparisons[res["model"]] = compare(res, strategies, budgets)
-            comparisons[res["model"] + ":before-ft"] = compare(res, strategies, budgets, "accuracy_after_search")
+            comparisons[res["model"]] = comparisons_of(res, strategies, budgets)
         text = render(results, comparisons, args.strategies)
         (args.out / "pruning.md").write_text(text)
         print(text)
@@ -334,19 +469,27 @@ def main() -> int:
 
     from edgeprune.config.devices import LOCAL
     from edgeprune.config.targets import get_target
-
     target = get_target("host")
     args.out.mkdir(parents=True, exist_ok=True)
     results, comparisons = [], {}
     t0 = time.perf_counter()
+    from edgeprune.errors import EdgepruneError
+    failed: dict[str, str] = {}
     for name in args.models.split(","):
-        res = run_model(name, args, target, LOCAL)
+        try:
+            res = run_model(name, args, target, LOCAL)
+        except EdgepruneError as exc:  # e.g. a family this edgeprune cannot trace yet: the others still run
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            log(f"[{name}] not benchmarked: {failed[name]}")
+            continue
         results.append(res)
-        comparisons[name] = compare(res, args.strategies, args.budgets)
-        comparisons[name + ":before-ft"] = compare(res, args.strategies, args.budgets, "accuracy_after_search")
-        (args.out / "pruning.json").write_text(json.dumps({"results": results, "comparisons": comparisons}, indent=1))
+        comparisons[name] = comparisons_of(res, args.strategies, args.budgets)
+        (args.out / "pruning.json").write_text(json.dumps({"results": results, "comparisons": comparisons}, indent=1,
+                                                          default=str))
         (args.out / "pruning.md").write_text(render(results, comparisons, args.strategies))
     text = render(results, comparisons, args.strategies)
+    text += "".join(f"\n## {n}\n\nnot benchmarked: {why}\n" for n, why in failed.items())
+    (args.out / "pruning.md").write_text(text)
     print(text)
     print(f"\n(total {time.perf_counter() - t0:.0f} s; JSON and Markdown in {args.out})")
     return 0

@@ -200,6 +200,10 @@ def test_boards_are_chosen_by_kind_and_bad_choices_are_one_line(tmp_path):
                                        str(tmp_path / "lut"), *args])
         assert res.exit_code == 3, res.output
         assert res.stderr.startswith("Error: ") and why in res.stderr and "Traceback" not in res.output, res.stderr
+    listing = CliRunner().invoke(cli, ["devices", "--devices", str(path)], terminal_width=200)
+    assert listing.exit_code == 0, listing.output
+    row_a = next(line for line in listing.output.splitlines() if " a " in f" {line} ")
+    assert " k " in row_a and "0,1" in row_a, listing.output  # board kind and pinned CPUs are shown
     path.write_text(yaml.safe_dump({"devices": [{"name": "a", "cpu_affinity": "x"}]}))
     res = CliRunner().invoke(cli, ["device-model", "build", "--devices", str(path), "-d", "a"])
     assert res.exit_code == 3 and "cpu_affinity" in res.stderr and "Traceback" not in res.output, res.output

@@ -87,7 +87,9 @@ def test_the_prune_space_times_a_grouped_conv_as_grouped():
                         nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.ReLU(), nn.Conv2d(32, 8, 1))
     space = build_space(net, [torch.randn(1, 3, 16, 16)])
     layers = {layer.name: layer for layer in space.layers}
-    assert layers["2"].groups == 4 and not layers["2"].depthwise and "-g4-" in layers["2"].signature()
+    assert layers["2"].groups == 4 and not layers["2"].depthwise
+    # in == out channels: its conv groups are cut whole, so the groups follow the width (group width 8)
+    assert layers["2"].group_width == 8 and "-gw8-" in layers["2"].signature() and layers["2"].groups_at(16) == 2
     assert layers["4"].depthwise and layers["4"].groups == 1
     assert layers["0"].groups == 1 and layers["0"].signature().endswith("-dense-b")
     assert layers["2"].macs(32, 32) == 16 * 16 * 32 * 9 * 8  # 8 inputs per output channel, not 32

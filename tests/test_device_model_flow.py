@@ -271,3 +271,4 @@ def test_a_board_over_ssh_builds_its_device_model_with_the_same_runner(tmp_path)
     assert b.measured > 0 and b.table_path.parent.name == "dm-board"
     info = devmodel_store.find(store, b.info.key)
     assert info is not None and info.key.device == "dm-board"
+

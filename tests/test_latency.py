@@ -353,9 +353,11 @@ def test_profile_cli_measures_validates_and_plots(tiny_profile):
     assert len(data["variants"]) == 3
     v = data["variants"][0]
     assert v["measured_ms"] > 0 and v["predicted_ms"] > 0 and "widths" in v
-    # measured = variant / unpruned model (same rounds) x unpruned model at profiling; the other views are kept
-    # (a series the steady gate marked unsteady is dropped: on a busy host one job may keep fewer rounds)
-    assert len(data["full_rounds_ms"]) == len(v["rounds_ms"]) or data["unsteady_series"] > 0
+    # measured = variant / unpruned model (same rounds) x unpruned model at profiling; the other views are kept.
+    # The unpruned model is each round's anchor, timed before every variant and after the last (pairs, not
+    # a shared mean); a series the steady gate marked unsteady is dropped: one job may keep fewer rounds
+    anchors = len(data["variants"]) + 1
+    assert len(data["full_rounds_ms"]) == anchors * len(v["rounds_ms"]) or data["unsteady_series"] > 0
     for k in ("median_abs_pct_error", "within_10pct"):
         assert k in data["raw"] and k in data["reference_unit"] and k in data["flops_predictor"]
     assert v["raw_measured_ms"] > 0 and v["unit_measured_ms"] > 0

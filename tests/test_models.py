@@ -17,7 +17,8 @@ from edgeprune.models.data import digits_images, digits_sequences, load_npz_data
 from edgeprune.models.spec import load_model
 from edgeprune.models.train import TrainConfig, evaluate, train
 
-ZOO_NAMES = {"digits-cnn", "digits-resnet", "resnet18", "mobilenetv2", "lstm-digits", "gru-digits", "mlp-recsys"}
+ZOO_NAMES = {"digits-cnn", "digits-resnet", "resnet18", "mobilenetv2", "lstm-digits", "gru-digits", "mlp-recsys",
+             "dlrm-recsys"}
 
 
 def count_macs(module: torch.nn.Module, inputs: list[np.ndarray]) -> int:
@@ -57,6 +58,22 @@ def test_digits_sequences_are_the_same_images_read_row_by_row():
     seq, img = digits_sequences(), digits_images()
     assert seq.train.inputs[0].shape == (1437, 32, 32)  # [N, 32 steps, 32 features]
     np.testing.assert_array_equal(seq.val.inputs[0], img.val.inputs[0][:, 0])
+
+
+def test_digits_data_as_64x64_rgb_round_trips_through_a_user_npz(tmp_path):
+    from edgeprune.models.data import save_npz_data
+
+    rgb, grey = digits_images(size=64, channels=3), digits_images(size=64)
+    assert rgb.train.inputs[0].shape == (1437, 3, 64, 64) and rgb.train.inputs[0].dtype == np.float32
+    for c in range(3):  # the same real scans in three identical planes, said so
+        np.testing.assert_array_equal(rgb.val.inputs[0][:, c], grey.val.inputs[0][:, 0])
+    assert "3 identical channels" in rgb.description and not rgb.synthetic
+    back = load_npz_data(save_npz_data(rgb, tmp_path / "digits64.npz"))  # what a user passes with --data
+    np.testing.assert_array_equal(back.train.inputs[0], rgb.train.inputs[0])
+    np.testing.assert_array_equal(back.val.labels, rgb.val.labels)
+    assert back.task == "classification"
+    with pytest.raises(ModelError, match="at least 1 channel"):
+        digits_images(channels=0)
 
 
 def test_recsys_data_is_flagged_synthetic():
@@ -109,7 +126,7 @@ def test_zoo_architecture_runs_at_its_deployment_shape(name):
     assert model.spec == f"zoo:{name}" and model.module is not None and not model.module.training
     with torch.no_grad():
         out = model.module(*[torch.from_numpy(x) for x in model.example_inputs])
-    classes = {"resnet18": 1000, "mobilenetv2": 1000, "mlp-recsys": 1}.get(name, 10)
+    classes = {"resnet18": 1000, "mobilenetv2": 1000, "mlp-recsys": 1, "dlrm-recsys": 1}.get(name, 10)
     assert tuple(out.shape) == (model.batch_size, classes)
     assert torch.isfinite(out).all()
     if model.data is None:  # random-weight models: latency work only, outputs still O(1)

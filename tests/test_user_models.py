@@ -4,9 +4,9 @@ and trace into a pruning space that can be cut.
 
 What the tracer can prune today is recorded, not asserted beyond "something is": the
 squeeze-excitation blocks of the MobileNetV3-like net are prunable (the gate ties the
-expanded channels), RegNet's grouped convs are left whole (only the stage widths carried
-by the residual adds are prunable) until grouped-conv pruning lands (issue 17). The test
-prints that split, so a change of it shows in the log.
+expanded channels), RegNet's grouped convs lose whole conv groups (their groups' ``unit``
+is the group width, 16; issue 17). The test prints that split, so a change of it shows in
+the log.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def test_user_model_loads_exports_and_traces(name, tmp_path):
         assert any(g.endswith(".fc1") for g in prunable)
         gated = [g for g in space.prunable_groups() if any(m.endswith(".fc2") for m in g.layers)]
         assert gated
+    if name == "regnet-like":  # the grouped convs' groups are prunable in whole conv groups
+        assert any(g.unit == 16 for g in space.prunable_groups())
 
     # cut every prunable group to about half: the net still runs and keeps its output shape
     rng = np.random.default_rng(0)

@@ -93,6 +93,22 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
+class FiniteFloatOrNone(FiniteFloat):
+    """A :class:`FiniteFloat`, or the word ``none`` (returned as :data:`NONE`): a limit
+    that has a default, which the user may turn off (``--max-accuracy-drop none``)."""
+
+    name = "number|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is NONE or (isinstance(value, str) and value.strip().lower() == NONE):
+            return NONE
+        return super().convert(value, param, ctx)
+
+
+#: what :class:`FiniteFloatOrNone` returns for ``none``
+NONE = "none"
+
+
 class OutPath(click.Path):
     """An output path (``--out``, a ``-dir`` option) that this process can write, checked
     when the command line is read, before anything runs (:mod:`edgeprune.flows.preflight`:

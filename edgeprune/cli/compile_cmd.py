@@ -84,9 +84,12 @@ def _finish_prune(summary, allow_budget_miss: bool) -> None:
     extra = summary.pruned.extra if summary.pruned is not None else {}
     gate = extra.get("accuracy_gate") or {}
     if gate.get("passed") is False:
+        which = (f"the default limit of {gate['max_drop']:g}" if gate.get("default")
+                 else f"allowed {gate['max_drop']:g}")
         raise PruneError(
-            f"accuracy gate failed: the pruned model lost {gate['drop']:.2f} points (allowed {gate['max_drop']:g})",
-            f"the pruned model was still built and measured: {summary.out_dir}/summary.json",
+            f"accuracy gate failed: the pruned model lost {gate['drop']:.2f} points ({which})",
+            f"the pruned model was still built and measured: {summary.out_dir}/summary.json"
+            + ("; set --max-accuracy-drop POINTS, or none for no limit" if gate.get("default") else ""),
         )
     if extra.get("budget_met") is False and not allow_budget_miss:
         raise PruneError(

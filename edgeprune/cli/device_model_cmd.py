@@ -171,6 +171,9 @@ def show_cmd(target_name: str, backend: str, devices: DeviceArgs, kind: str | No
     elif view.suite_measured != view.info.points_measured:
         out.print(f"note: the table now holds {view.suite_measured} of the {view.suite_points} suite points",
                   highlight=False)
+    if view.unmeasured_kinds:
+        out.print(f"no points yet for: {', '.join(view.unmeasured_kinds)} (predicted as unknown: profile measures "
+                  "such layers; `edgeprune device-model build` adds them)", highlight=False)
 
 
 def print_farm(farm: dict[str, Any]) -> None:

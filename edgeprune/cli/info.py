@@ -47,10 +47,12 @@ def devices_cmd(ctx: click.Context, devices_file: Path | None, as_json: bool) ->
     rows = [
         [d.name, d.kind, d.target or "–",
          "this machine" if d.kind == "local" else f"{d.user + '@' if d.user else ''}{d.host or d.ssh_config_alias}:{d.port}",
-         d.concurrency, "yes" if d.emulated else ""]
+         d.concurrency, "yes" if d.emulated else "", d.board_kind or "",
+         ",".join(str(c) for c in d.cpu_affinity) if d.cpu_affinity else ""]
         for d in devs
     ]
-    table("Devices", ["name", "kind", "target", "address", "concurrency", "emulated"], rows, right={4})
+    table("Devices", ["name", "kind", "target", "address", "concurrency", "emulated", "board kind", "cpus"], rows,
+          right={4})
 
 
 @click.command("models")

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from edgeprune.cli.common import (DeviceArgs, FiniteFloat, ModelArgs, backend_option, collect_options,
+from edgeprune.cli.common import (NONE, DeviceArgs, FiniteFloat, FiniteFloatOrNone, ModelArgs, backend_option,
+                                  collect_options,
                                   device_options, json_option, keep_layer_option, model_options, out_option,
                                   profile_budget_option, seed_option, tables_option, target_option)
 from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.prune.importance import IMPORTANCE
+from edgeprune.prune.options import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_STRATEGY, DEPTH_MODES
 from edgeprune.prune.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -20,7 +22,16 @@ if TYPE_CHECKING:
 
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
 PRUNE_KEYS = ("latency_budget", "latency_ms", "strategy", "importance", "max_accuracy_drop", "keep_layers",
-              "finetune_epochs", "distill", "gradual_steps", "seed", "tables", "profile_budget", "allow_budget_miss")
+              "finetune_epochs", "distill", "gradual_steps", "seed", "tables", "profile_budget", "allow_budget_miss",
+              "depth")
+
+
+def _default_importances() -> str:
+    """Each strategy's default importance, read off the strategy classes (one place)."""
+    by: dict[str, list[str]] = {}
+    for name in STRATEGIES.names():
+        by.setdefault(STRATEGIES.get(name).default_importance, []).append(name)
+    return ", ".join(f"{imp} for {' / '.join(names)}" for imp, names in by.items())
 
 
 def prune_options(required: bool) -> Callable[[Callable], Callable]:
@@ -34,12 +45,15 @@ def prune_options(required: bool) -> Callable[[Callable], Callable]:
                          help="Prune to this fraction of the original model's latency on the target (e.g. 0.5)."),
             click.option("--latency-ms", "latency_ms", type=FiniteFloat(0, min_open=True), metavar="MS",
                          help="Prune to this latency in milliseconds on the target."),
-            click.option("--strategy", type=click.Choice(STRATEGIES.names()), default="knapsack", show_default=True,
+            click.option("--strategy", type=click.Choice(STRATEGIES.names()), default=DEFAULT_STRATEGY,
+                         show_default=True,
                          help="Search: knapsack (HALP-like), greedy (NetAdapt-like), genetic, uniform (baseline)."),
             click.option("--importance", type=click.Choice(IMPORTANCE.names()),
-                         help="Channel importance (default: taylor for knapsack, l1 otherwise)."),
-            click.option("--max-accuracy-drop", type=FiniteFloat(0), metavar="POINTS",
-                         help="Fail (exit code 8, results kept) if accuracy drops more than this many points."),
+                         help=f"Channel importance (default: {_default_importances()})."),
+            click.option("--max-accuracy-drop", type=FiniteFloatOrNone(0), metavar="POINTS|none",
+                         help="Fail (exit code 8, results kept) if validation accuracy drops more than this many "
+                              f"points. Default: {DEFAULT_MAX_ACCURACY_DROP:g} when the model has validation data (--data, zoo "
+                              "models); none: no limit."),
             keep_layer_option("Leave this layer (or every layer under this name) unpruned; repeatable."),
             click.option("--finetune-epochs", type=FiniteFloat(0), default=3.0, show_default=True, metavar="EPOCHS",
                          help="Fine-tuning epochs after pruning (0 = none)."),
@@ -54,6 +68,10 @@ def prune_options(required: bool) -> Callable[[Callable], Callable]:
                          help="The pruned model is timed end to end and searched again when it misses the budget "
                               "by more than 5 %; if it still misses, the run fails (exit code 8, results kept) "
                               "unless this flag is given."),
+            click.option("--depth", type=click.Choice(DEPTH_MODES), default="off", show_default=True,
+                         help="Depth pruning (needs --data): only = remove whole residual blocks until the budget "
+                              "is met; auto = remove the blocks that cost less accuracy per ms than channels, "
+                              "then prune widths."),
         ],
         into="prune",
         build=lambda v, kwargs: _prune_settings(v, kwargs.get("backend"), required),
@@ -73,16 +91,20 @@ def _prune_settings(v: dict[str, Any], backend: str | None, required: bool) -> P
             raise click.UsageError("say how fast: --latency-budget FRACTION (e.g. 0.5) or --latency-ms MS")
         tuned = [f"--{k.replace('_', '-')}" for k in ("max_accuracy_drop", "distill", "allow_budget_miss")
                  if v[k]] + \
-                ["--keep-layer"] * bool(v["keep_layers"]) + ["--importance"] * bool(v["importance"])
+                ["--keep-layer"] * bool(v["keep_layers"]) + ["--importance"] * bool(v["importance"]) + \
+                ["--depth"] * (v["depth"] != "off")
         if tuned:
             raise click.UsageError(f"{', '.join(tuned)} only apply when pruning: add --latency-budget or --latency-ms")
         return None
+    off = v["max_accuracy_drop"] == NONE
     return PruneOptions(
         budget=v["latency_budget"], latency_ms=v["latency_ms"], strategy=v["strategy"], importance=v["importance"],
-        max_accuracy_drop=v["max_accuracy_drop"], keep_layers=tuple(v["keep_layers"]),
+        max_accuracy_drop=None if off else v["max_accuracy_drop"], accuracy_gate=not off,
+        keep_layers=tuple(v["keep_layers"]),
         finetune_epochs=v["finetune_epochs"], distill=v["distill"], gradual_steps=v["gradual_steps"], seed=v["seed"],
         backend=None if backend in (None, "auto") else backend, tables=v["tables"],
         profile_budget_s=float(v["profile_budget"]), allow_budget_miss=bool(v["allow_budget_miss"]),
+        depth=v["depth"],
     )
 
 

@@ -135,6 +135,7 @@ def prune_model(
         notes.append("no data: pruned without fine-tuning or accuracy checks")
         if opts.max_accuracy_drop is not None:
             raise PruneError("--max-accuracy-drop needs validation data", "pass --data")
+    limit = opts.accuracy_limit(data is not None)  # None: no gate
 
     if isinstance(model.module, (torch.jit.ScriptModule, torch.fx.GraphModule)):
         kind = "TorchScript" if isinstance(model.module, torch.jit.ScriptModule) else "torch.export / FX"
@@ -142,13 +143,20 @@ def prune_model(
             f"{model.name} is a {kind} graph: its layers are not nn.Modules, so channels cannot be traced and cut",
             "give the model as Python code: module:factory (+ --weights state_dict) or zoo:NAME",
         )
+    # ---- depth pruning (--depth only / auto): its own flow, which calls back here for width
+    if opts.depth != "off":
+        from edgeprune.flows.depth import prune_depth
+
+        return prune_depth(model, target, device, opts, width_stage=prune_model, latency_of=default_latency_model,
+                           latency_model=latency_model, log=log, progress=progress, profile=profile, store=store)
+    # ---- end depth pruning
     original = copy.deepcopy(model.module).eval()
     inputs = torch_inputs(model)
     with torch_threads():
         space = build_space(original, inputs, opts.keep_layers)
     notes += space.notes
     if not space.prunable_groups():
-        raise PruneError(f"{model.name} has no prunable channel groups", "; ".join(space.notes) or None)
+        raise PruneError(*_no_groups_message(model.name, space.notes, opts.keep_layers))
     def unreachable(lm: "LatencyModel", what: str, slack: float = 0.0) -> None:
         """Refuse a budget the narrowest widths cannot reach (``what``: by which model)."""
         ctx0 = SearchContext(module=original, space=space, latency=lm, budget_ms=0.0, scores={})
@@ -246,7 +254,11 @@ def prune_model(
             current = pruned.eval()
             if k < steps:
                 cur_space = space.rebuild(current)
-        acc_after = float(evaluate(current, data.val, task, batch_size=eval_batch)) if data is not None else None
+        acc_after = None
+        if data is not None:
+            # finetune() re-estimated the BN statistics of the weights it left (a model's own
+            # small momentum would not have followed them); the gate judges exactly those
+            acc_after = float(evaluate(current, data.val, task, batch_size=eval_batch))
         final_space = space.rebuild(current)
 
     # one counter for every report of this model: its ONNX export (compile counts the same way)
@@ -259,7 +271,8 @@ def prune_model(
         accuracy_before=acc_before, accuracy_after=acc_after, accuracy_after_search=acc_search,
         params_before=cost_before.params, params_after=cost_after.params,
         macs_before=cost_before.macs, macs_after=cost_after.macs,
-        max_accuracy_drop=opts.max_accuracy_drop, seed=opts.seed, search_seconds=t_search, finetune_seconds=t_ft,
+        max_accuracy_drop=limit, accuracy_limit_default=limit is not None and opts.max_accuracy_drop is None,
+        seed=opts.seed, search_seconds=t_search, finetune_seconds=t_ft,
         history=history, notes=list(dict.fromkeys(notes)), latency_model=type(latency_model).__name__,
         budget_check=outcome.to_dict() if outcome is not None else None, allow_budget_miss=opts.allow_budget_miss,
         profile=profiled or None,
@@ -278,9 +291,11 @@ def prune_model(
         log(f"pruned {model.name}: accuracy {acc_before:.2f}% -> {acc_after:.2f}%, predicted "
             f"{l0:.3f} -> {predicted:.3f} ms, params {result.params_before:,} -> {result.params_after:,}")
     if result.gate_passed is False:
+        which = (f"the default limit of {limit:g}; set --max-accuracy-drop POINTS, or none for no limit"
+                 if result.accuracy_limit_default else f"allowed {limit:g}")
         raise PruneGateError(
             f"accuracy gate failed: {acc_before:.2f}% -> {acc_after:.2f}% loses {result.accuracy_drop:.2f} points "
-            f"(allowed {opts.max_accuracy_drop:g}); best trade-off found: {acc_after:.2f}% at predicted "
+            f"({which}); best trade-off found: {acc_after:.2f}% at predicted "
             f"{predicted:.3f} ms ({predicted / l0:.2f}x of {l0:.3f} ms)",
             result,
             "results were still written; try a looser --latency-budget, more --finetune-epochs or --distill",
@@ -293,3 +308,16 @@ def prune_model(
     return result
 
 
+def _no_groups_message(name: str, notes: list[str], keep_layers: tuple[str, ...]) -> tuple[str, str]:
+    """"Has no prunable channel groups" in one line that says why (each module left whole
+    and its reason, from ``space.notes``), and a hint: a silent no-op would hide that the
+    user's model was never pruned."""
+    reasons = list(dict.fromkeys(" ".join(n.split()) for n in notes if n.strip()))  # one line each
+    why = "; ".join(reasons[:4]) + (f" (and {len(reasons) - 4} more)" if len(reasons) > 4 else "")
+    msg = f"{name} has no prunable channel groups" + (f": {why}" if why else
+                                                      " (every conv / linear layer either produces the output or "
+                                                      "is fixed by its couplings)")
+    hint = ("fewer --keep-layer (kept: " + ", ".join(keep_layers) + ")" if keep_layers else
+            "structured pruning needs conv / linear / LSTM / GRU layers whose output channels are not the model's "
+            "output; see docs/pruning.md (Limits) for what is left whole and why")
+    return msg, hint

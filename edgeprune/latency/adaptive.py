@@ -93,9 +93,22 @@ class AdaptiveLatency:
     def candidates(self, group: str) -> list[int]:
         return self.predictor.candidates(group)
 
+    def predict_without(self, layers, widths: Mapping[str, int] | None = None) -> float:
+        """The model without the named layers (depth pruning; :meth:`LatencyPredictor.predict_without`)."""
+        return self.predictor.predict_without(layers, widths)
+
     # ---- learning from the device ---------------------------------------------------------
     def _points(self, widths: Mapping[str, int]) -> dict[str, tuple[Point, Any]]:
+        """The layer points ``widths`` uses; a group with a ``unit`` is read at whole units
+        (the strategies' candidates are; a width off them has no buildable layer)."""
+        from edgeprune.latency.grid import snap
+
+        groups = self.space.groups
         full = {**self.space.full_widths(), **widths}
+        for g, w in full.items():
+            u = groups[g].unit if g in groups else 1
+            if u > 1 and w % u and w != groups[g].size:
+                full[g] = snap(w, u, max(u, groups[g].min_size), groups[g].size)
         out: dict[str, tuple[Point, Any]] = {}
         for layer in self.space.layers:
             fam = self.table.family_of[layer.name]

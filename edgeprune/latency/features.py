@@ -21,7 +21,14 @@ per-group overhead (``groups`` is a feature and an axis: a grouped conv predicte
 dense points alone is far off the suite on that axis, so it gets a large uncertainty and
 is measured). Depthwise convs are kept apart: they run a different, memory-bound kernel
 whose cost is not a small dense conv's. LSTM and GRU are different kernels (4 vs 3 gates,
-different fusion) and each op is its own kernel, so nothing else is merged.
+different fusion) and each op is its own kernel, so nothing else is merged. A grouped
+conv with a fixed group width (signature ``gw<width>``) is a ``conv`` whose ``groups``
+is read off its channels (``cin // width``). ``attention`` is the prunable attention
+core (``attention-i<C>-o<C>-d<head_dim>-b<batch>-t<tokens>``, with its head split and
+merge): raw row (batch, heads, tokens, head_dim), MACs ``2 B H T^2 d``, and in place of
+weights the ``B H T^2`` score matrix its softmax reads and writes. It is kept apart from
+``op-attention`` (the bare core on head-split inputs, a remainder op) because it also
+pays the reshapes and transposes around the heads.
 
 **Feature sets** (``lattice`` vs ``smooth``): CPU latency is a staircase in the channel
 count: kernels work on blocks of ``lanes`` fp32 SIMD lanes (and some, like ONNX
@@ -49,18 +56,20 @@ import numpy as np
 from edgeprune.latency.opshape import OpShape
 
 FEATURE_SETS: tuple[str, ...] = ("lattice", "smooth")
-LAYER_KINDS: tuple[str, ...] = ("conv", "conv-dw", "linear", "lstm", "gru")
+LAYER_KINDS: tuple[str, ...] = ("conv", "conv-dw", "linear", "lstm", "gru", "attention")
 BYTES = 4.0  # fp32
 
 _CONV = re.compile(r"^conv-i(\d+)-o(\d+)-k(\d+)x(\d+)-s(\d+)x(\d+)-p(\d+)x(\d+)-d(\d+)x(\d+)"
-                   r"-hw(\d+)x(\d+)-(dw|dense|g\d+)-(b|nb)$")
+                   r"-hw(\d+)x(\d+)-(dw|dense|g\d+|gw\d+)-(b|nb)$")
 _LINEAR = re.compile(r"^linear-i(\d+)-o(\d+)-r(\d+)-(b|nb)$")
 _RNN = re.compile(r"^(lstm|gru)-i(\d+)-o(\d+)-b(\d+)-t(\d+)-(b|nb)$")
+_ATTENTION = re.compile(r"^attention-i(\d+)-o(\d+)-d(\d+)-b(\d+)-t(\d+)$")
 
 #: raw row layouts (all integers), per kind family
 CONV_RAW = ("cin", "cout", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "h", "w", "groups", "bias")
 LINEAR_RAW = ("cin", "cout", "rows", "bias")
 RNN_RAW = ("cin", "hidden", "batch", "seq", "bias")
+ATTENTION_RAW = ("batch", "heads", "tokens", "head_dim")
 OP_RAW = ("elements_in", "elements_out", "flops", "channels", "inner", "outer", "k", "st", "n")
 
 
@@ -81,7 +90,11 @@ def parse(sig: str) -> tuple[str, tuple[float, ...]] | None:
     if m:
         g = m.group(13)
         cin, cout = int(m.group(1)), int(m.group(2))
-        groups = cin if g == "dw" else (1 if g == "dense" else int(g[1:]))
+        if g.startswith("gw"):  # fixed group width: the groups follow the channels
+            gw = int(g[2:])
+            groups = cin // gw if gw > 0 and cin % gw == 0 else 0
+        else:
+            groups = cin if g == "dw" else (1 if g == "dense" else int(g[1:]))
         if groups < 1 or cin % groups or cout % groups:
             return None
         nums = [float(m.group(i)) for i in range(1, 13)]
@@ -89,6 +102,12 @@ def parse(sig: str) -> tuple[str, tuple[float, ...]] | None:
     m = _LINEAR.match(sig)
     if m:
         return "linear", (float(m.group(1)), float(m.group(2)), float(m.group(3)), float(m.group(4) == "b"))
+    m = _ATTENTION.match(sig)
+    if m:
+        c, d = int(m.group(1)), int(m.group(3))
+        if c != int(m.group(2)) or d < 1 or c % d:
+            return None
+        return "attention", (float(m.group(4)), float(c // d), float(m.group(5)), float(d))
     m = _RNN.match(sig)
     if m:
         return m.group(1), (float(m.group(2)), float(m.group(3)), float(m.group(4)), float(m.group(5)),
@@ -105,7 +124,8 @@ def op_kind(sig: str) -> str | None:
 def _family(kind: str) -> str:
     if kind.startswith("op-"):
         return "op"
-    return {"conv": "conv", "conv-dw": "conv", "linear": "linear", "lstm": "rnn", "gru": "rnn"}[kind]
+    return {"conv": "conv", "conv-dw": "conv", "linear": "linear", "lstm": "rnn", "gru": "rnn",
+            "attention": "attention"}[kind]
 
 
 def _lg(x: np.ndarray) -> np.ndarray:
@@ -151,12 +171,19 @@ def cost(kind: str, raw: np.ndarray) -> dict[str, np.ndarray]:
         gates = 4.0 if kind == "lstm" else 3.0
         return dict(macs=seq * batch * gates * hid * (cin + hid), bytes_in=BYTES * seq * batch * cin,
                     bytes_out=BYTES * seq * batch * hid, bytes_w=BYTES * gates * hid * (cin + hid))
+    if fam == "attention":
+        # MACs of q k^T and p v; q, k, v read and the output written; in place of weights
+        # (the core has none) the score matrix the softmax reads and writes
+        b, h, t, d = raw.T
+        return dict(macs=2 * b * h * t * t * d, bytes_in=BYTES * 3 * b * t * h * d, bytes_out=BYTES * b * t * h * d,
+                    bytes_w=BYTES * b * h * t * t)
     e_in, e_out, flops = raw[:, 0], raw[:, 1], raw[:, 2]
     return dict(macs=flops, bytes_in=BYTES * e_in, bytes_out=BYTES * e_out, bytes_w=np.zeros(len(raw)))
 
 
 def _width(kind: str) -> int:
-    return len({"conv": CONV_RAW, "linear": LINEAR_RAW, "rnn": RNN_RAW, "op": OP_RAW}[_family(kind)])
+    return len({"conv": CONV_RAW, "linear": LINEAR_RAW, "rnn": RNN_RAW, "op": OP_RAW,
+                "attention": ATTENTION_RAW}[_family(kind)])
 
 
 def baseline_matrix(kind: str, raw: np.ndarray) -> np.ndarray:
@@ -209,6 +236,13 @@ def feature_matrix(kind: str, raw: np.ndarray, lanes: int, feature_set: str = "l
             gates = 4.0 if kind == "lstm" else 3.0
             cols += _lattice(cin, lanes) + _lattice(hid, lanes) + [
                 _lg(seq * batch * gates * _up(hid, lanes) * (_up(cin, lanes) + _up(hid, lanes)))]
+    elif fam == "attention":
+        b, h, t, d = raw.T
+        cols += [_lg(b), _lg(h), _lg(t), _lg(d), _lg(h * d)]
+        if lattice:
+            # the matmuls run per head on [T, d] x [d, T] and [T, T] x [T, d] blocks: the
+            # lattice is the head dim's and the tokens' (the softmax rows)
+            cols += _lattice(d, lanes) + _lattice(t, lanes) + [_lg(b * h * _up(t, lanes) * _up(t, lanes) * _up(d, lanes))]
     else:
         e_in, e_out, flops, ch, inner, outer, k, st, n = raw.T
         cols += [_lg(ch), _lg(inner), _lg(outer), k, st, n]
@@ -229,6 +263,8 @@ def axes_matrix(kind: str, raw: np.ndarray) -> np.ndarray:
     elif fam == "linear":
         cols = [raw[:, 0], raw[:, 1], raw[:, 2]]
     elif fam == "rnn":
+        cols = [raw[:, 0], raw[:, 1], raw[:, 2], raw[:, 3]]
+    elif fam == "attention":
         cols = [raw[:, 0], raw[:, 1], raw[:, 2], raw[:, 3]]
     else:
         cols = [raw[:, 3], raw[:, 4], raw[:, 5], raw[:, 6], raw[:, 7], raw[:, 8]]

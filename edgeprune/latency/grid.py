@@ -21,14 +21,22 @@ built around the steps:
 
 :class:`Staircase` holds one such axis and answers ``value(c)`` (measured, or linear
 inside a confirmed interval), ``known(c)``, ``steps()`` and ``refinement()``.
+
+**Units** (``PruneGroup.unit``): a group whose channels come in whole blocks (a conv
+group of a fixed-group-width grouped conv, an attention head) has only multiples of its
+unit as widths. Every function that generates widths takes ``unit`` and works in units
+(:func:`unit_grid`: the lane width in units, at least one unit), so it returns only
+multiples of ``unit`` (and the full width, which is one); a :class:`Staircase` with a
+unit treats two measured widths one unit apart as adjacent and refines in units.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Density = Literal["coarse", "normal", "dense"]
@@ -53,26 +61,34 @@ class GridSettings:
         lane = max(1, int(self.lanes))
         return lane if hi <= 32 * lane or self.density == "dense" else 2 * lane
 
-    def fine_from(self, lo: int, hi: int) -> int:
+    def fine_from(self, lo: int, hi: int, unit: int = 1) -> int:
         """Below this width only anchors are measured ("dense near kept sizes"): pruning
         rarely goes there, and the anchors still give every lattice width exactly."""
+        if unit > 1:
+            a, b = unit_range(lo, hi, unit)
+            return unit_grid(self, unit).fine_from(a, b) * unit
         if self.density == "dense":
             return lo
         top = max(4 * self.step(hi), hi // (2 if self.density == "normal" and hi <= 128 else 4))
         return max(lo, hi - top)
 
-    def budget(self, lo: int, hi: int) -> int:
+    def budget(self, lo: int, hi: int, unit: int = 1) -> int:
         """Maximum number of measured widths on one axis: the initial points plus room
-        for refinement proportional to the fine region."""
+        for refinement proportional to the fine region (in units of ``unit``)."""
+        if unit > 1:
+            a, b = unit_range(lo, hi, unit)
+            return unit_grid(self, unit).budget(a, b) + (1 if hi % unit else 0)
         span = hi - lo + 1
         if self.density == "dense":
             return span
         extra = (hi - self.fine_from(lo, hi)) // (2 if self.density == "normal" else 4)
         return min(span, len(initial_points(lo, hi, self)) + 8 + extra)
 
-    def lattice(self, lo: int, hi: int) -> list[int]:
+    def lattice(self, lo: int, hi: int, unit: int = 1) -> list[int]:
         """Anchor widths in [lo, hi], plus hi: where the table is measured in two
-        dimensions, and where pruning candidates come from."""
+        dimensions, and where pruning candidates come from (multiples of ``unit``)."""
+        if unit > 1:
+            return _scaled(unit_grid(self, unit).lattice, lo, hi, unit)
         st = self.step(hi)
         pts = [a for a in range(st, hi + 1, st) if a >= lo]
         if hi not in pts:
@@ -80,8 +96,37 @@ class GridSettings:
         return pts
 
 
-def initial_points(lo: int, hi: int, s: GridSettings) -> list[int]:
-    """The first widths to measure on an axis ``[lo, hi]`` (sorted, unique)."""
+def unit_grid(s: GridSettings, unit: int) -> GridSettings:
+    """``s`` for an axis counted in units of ``unit`` channels: the lane width in units
+    (at least one: a unit as wide as a SIMD block is a step of its own)."""
+    return s if unit <= 1 else replace(s, lanes=max(1, int(s.lanes) // int(unit)))
+
+
+def unit_range(lo: int, hi: int, unit: int) -> tuple[int, int]:
+    """``[lo, hi]`` in whole units: the smallest multiple of ``unit`` >= lo, the largest <= hi."""
+    u = max(1, int(unit))
+    return max(1, math.ceil(int(lo) / u)), max(1, int(hi) // u)
+
+
+def snap(c: float, unit: int, lo: int, hi: int) -> int:
+    """``c`` rounded to the nearest multiple of ``unit`` inside ``[lo, hi]`` (``hi``, the
+    full width, is always allowed)."""
+    u = max(1, int(unit))
+    a, b = unit_range(lo, hi, u)
+    return int(min(max(round(c / u), a), b) * u) if b >= a else int(hi)
+
+
+def _scaled(fn, lo: int, hi: int, unit: int, *args) -> list[int]:  # noqa: ANN001
+    a, b = unit_range(lo, hi, unit)
+    out = {k * unit for k in fn(a, b, *args)} if b >= a else set()
+    return sorted(out | {int(hi)})
+
+
+def initial_points(lo: int, hi: int, s: GridSettings, unit: int = 1) -> list[int]:
+    """The first widths to measure on an axis ``[lo, hi]`` (sorted, unique; multiples
+    of ``unit``)."""
+    if unit > 1:
+        return _scaled(lambda a, b: initial_points(a, b, unit_grid(s, unit)), lo, hi, unit)
     lo, hi = max(1, int(lo)), int(hi)
     if hi <= lo:
         return [hi]
@@ -108,9 +153,11 @@ def initial_points(lo: int, hi: int, s: GridSettings) -> list[int]:
     return sorted(p for p in pts if lo <= p <= hi)
 
 
-def coarse_values(lo: int, hi: int, s: GridSettings) -> list[int]:
+def coarse_values(lo: int, hi: int, s: GridSettings, unit: int = 1) -> list[int]:
     """Rows/columns of the coarse 2-D grid: the full width and 3/4, 1/2, 1/4, 1/8 of it
-    snapped to anchor multiples (lattice widths, where pruning lands)."""
+    snapped to anchor multiples (lattice widths, where pruning lands; multiples of ``unit``)."""
+    if unit > 1:
+        return _scaled(lambda a, b: coarse_values(a, b, unit_grid(s, unit)), lo, hi, unit)
     lo, hi = max(1, int(lo)), int(hi)
     lane = s.step(hi)
     vals = {hi}
@@ -122,9 +169,10 @@ def coarse_values(lo: int, hi: int, s: GridSettings) -> list[int]:
 
 
 def check_points(key: str, lattice_in: list[int], lattice_out: list[int], lo_in: int, hi_in: int,
-                 lo_out: int, hi_out: int, n: int) -> list[tuple[int, int]]:
+                 lo_out: int, hi_out: int, n: int, unit_in: int = 1, unit_out: int = 1) -> list[tuple[int, int]]:
     """Reproducible pseudo-random held-out (cin, cout) points in the upper 3/4 of each
-    range: ``n`` on the lattice (what pruning uses), then one anywhere."""
+    range: ``n`` on the lattice (what pruning uses), then one anywhere (any multiple of
+    the axis' unit)."""
     out: list[tuple[int, int]] = []
 
     def pick(vals: list[int], h: bytes) -> int:
@@ -138,7 +186,9 @@ def check_points(key: str, lattice_in: list[int], lattice_out: list[int], lo_in:
             out.append((pick(li, h[:4]), pick(lo_, h[4:8])))
         else:
             a, b = max(lo_in, hi_in // 4), max(lo_out, hi_out // 4)
-            out.append((pick(list(range(a, hi_in + 1)), h[:4]), pick(list(range(b, hi_out + 1)), h[4:8])))
+            ins = [c for c in range(a, hi_in + 1) if c % unit_in == 0] or [hi_in]
+            outs = [c for c in range(b, hi_out + 1) if c % unit_out == 0] or [hi_out]
+            out.append((pick(ins, h[:4]), pick(outs, h[4:8])))
     return out
 
 
@@ -147,11 +197,12 @@ class Staircase:
 
     An interval between consecutive measured widths is *confirmed* (one step, linear
     interpolation allowed) when the two ends and one measured neighbour are collinear
-    within ``tol`` (relative); adjacent widths are trivially confirmed.
+    within ``tol`` (relative); adjacent widths (one ``unit`` apart) are trivially confirmed.
     """
 
-    def __init__(self, lo: int, hi: int, points: Mapping[int, float], tol: float) -> None:
+    def __init__(self, lo: int, hi: int, points: Mapping[int, float], tol: float, unit: int = 1) -> None:
         self.lo, self.hi = int(lo), int(hi)
+        self.unit = max(1, int(unit))
         self.tol = float(tol)
         self.xs = sorted(int(x) for x in points)
         self.ys = [float(points[x]) for x in self.xs]
@@ -167,7 +218,7 @@ class Staircase:
         return abs(ys[j] - mid) <= self.tol * max(ys[j], mid)
 
     def _confirm(self, i: int) -> bool:
-        if self.xs[i + 1] - self.xs[i] <= 1:
+        if self.xs[i + 1] - self.xs[i] <= self.unit:
             return True
         return self._collinear(i - 1, i, i + 1) or self._collinear(i, i + 1, i + 2)
 
@@ -208,7 +259,7 @@ class Staircase:
         more than the tolerance: the fast side of a located step."""
         out = []
         for i in range(len(self.xs) - 1):
-            if self.xs[i + 1] == self.xs[i] + 1 and self.ys[i + 1] > self.ys[i] * (1 + self.tol):
+            if self.xs[i + 1] == self.xs[i] + self.unit and self.ys[i + 1] > self.ys[i] * (1 + self.tol):
                 out.append(self.xs[i])
         return out
 
@@ -225,7 +276,11 @@ class Staircase:
                 continue
             # small gaps: everything inside; larger: both ends and the middle, since steps
             # usually sit right next to a measured anchor (fewer rounds trips to the device)
-            inner = range(p + 1, q) if q - p <= 4 else (p + 1, (p + q) // 2, q - 1)
+            u = self.unit
+            first, last = (p // u + 1) * u, ((q - 1) // u) * u  # the multiples of u strictly inside
+            if last < first:
+                continue
+            inner = range(first, q, u) if q - p <= 4 * u else (first, snap((p + q) / 2, u, first, last), last)
             todo += [c for c in inner if c not in todo]
         return sorted(todo[:room])
 

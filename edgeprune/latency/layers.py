@@ -16,6 +16,17 @@ Shapes:
   ``nn.Linear`` on a flattened input).
 - lstm / gru: ``X [seq_len, rows, cin]``, one direction, torch gate semantics
   (GRU ``linear_before_reset=1``).
+- attention: the core ``softmax(q k^T / sqrt(d)) v`` on q, k, v of ``[rows, seq_len,
+  channels]`` (the outputs of the q/k/v projections, which are separate ``linear``
+  layers with ``rows = batch x tokens``), with the head split and merge a model runs
+  around it: ``Reshape [B, T, H, d]``, ``Transpose`` to ``[B, H, T, d]`` (k to ``[B, H,
+  d, T]``), ``MatMul``, ``Mul`` by ``1/sqrt(d)``, ``Softmax``, ``MatMul``, ``Transpose``
+  and ``Reshape`` back to ``[B, T, channels]``: the nodes torch exports for
+  hand-written attention and ``nn.MultiheadAttention`` (heads = channels // head_dim,
+  so a pruned head count is a smaller H at the same d). Kernel timing sums all of them.
+
+Grouped convs with a fixed group width (``PrunableLayer.group_width``) are built with
+``groups = cin // group_width`` at the width measured, as the pruned model runs them.
 """
 
 from __future__ import annotations
@@ -39,6 +50,8 @@ def input_shapes(layer: PrunableLayer, cin: int) -> list[tuple[int, ...]]:
         return [(rows, cin, h, w)]
     if layer.kind == "linear":
         return [(rows, cin)]
+    if layer.kind == "attention":
+        return [(rows, max(1, layer.seq_len), cin)] * 3
     return [(max(1, layer.seq_len), rows, cin)]
 
 
@@ -60,7 +73,9 @@ def layer_model(layer: PrunableLayer, cin: int, cout: int, seed: int = 0):
     if cin < 1 or cout < 1:
         raise ValueError(f"layer '{layer.name}': widths must be >= 1, got {cin}->{cout}")
     rng = np.random.default_rng(seed)
-    (in_shape,) = input_shapes(layer, cin)
+    shapes = input_shapes(layer, cin)
+    in_shape = shapes[0]
+    in_names = ["x"] if len(shapes) == 1 else ["q", "k", "v"]
     inits: list = []
     nodes: list = []
 
@@ -70,9 +85,12 @@ def layer_model(layer: PrunableLayer, cin: int, cout: int, seed: int = 0):
 
     if layer.kind == "conv":
         kh, kw = layer.kernel
-        groups = cin if layer.depthwise else max(1, int(layer.groups))
+        groups = cin if layer.depthwise else layer.groups_at(cin)
         if layer.depthwise and cin != cout:
             raise ValueError(f"depthwise layer '{layer.name}' needs cin == cout, got {cin}->{cout}")
+        if layer.group_width > 0 and not layer.depthwise and cin % layer.group_width:
+            raise ValueError(f"grouped conv '{layer.name}' (group width {layer.group_width}) needs cin to be a "
+                             f"multiple of it, got {cin}")
         if groups > 1 and not layer.depthwise and (cin % groups or cout % groups):
             raise ValueError(f"grouped conv '{layer.name}' (groups={groups}) needs cin and cout to be multiples of "
                              f"{groups}, got {cin}->{cout}")
@@ -105,12 +123,15 @@ def layer_model(layer: PrunableLayer, cin: int, cout: int, seed: int = 0):
             attrs["linear_before_reset"] = 1
         nodes.append(helper.make_node(layer.kind.upper(), ins, ["y"], **attrs))
         out_shape = (in_shape[0], 1, in_shape[1], hidden)
+    elif layer.kind == "attention":
+        nodes += _attention_nodes(layer, cin, cout, in_shape, init)
+        out_shape = in_shape
     else:  # pragma: no cover - LayerKind is a Literal
         raise ValueError(f"unsupported layer kind '{layer.kind}'")
 
     graph = helper.make_graph(
         nodes, f"{layer.kind}_{cin}_{cout}",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(sh)) for n, sh in zip(in_names, shapes)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))],
         initializer=inits,
     )
@@ -118,6 +139,33 @@ def layer_model(layer: PrunableLayer, cin: int, cout: int, seed: int = 0):
     model.ir_version = min(model.ir_version, 8)  # readable by every backend we ship
     onnx.checker.check_model(model)
     return model
+
+
+def _attention_nodes(layer: PrunableLayer, cin: int, cout: int, in_shape: tuple[int, ...], init) -> list:
+    """The attention core's nodes on graph inputs q, k, v (see the module docstring)."""
+    from onnx import helper
+
+    d = int(layer.head_dim)
+    if d < 1 or cin != cout or cin % d:
+        raise ValueError(f"attention layer '{layer.name}' needs head_dim >= 1 and channels a multiple of it "
+                         f"(cin == cout), got {cin}->{cout} with head_dim {d}")
+    b, t, _ = in_shape
+    split = init("split", np.array([b, t, cin // d, d], dtype=np.int64))
+    merge = init("merge", np.array([b, t, cin], dtype=np.int64))
+    scale = init("scale", np.array(1.0 / np.sqrt(d), dtype=np.float32))
+    nodes = []
+    for n in ("q", "k", "v"):
+        nodes.append(helper.make_node("Reshape", [n, split], [f"{n}4"]))
+        perm = [0, 2, 3, 1] if n == "k" else [0, 2, 1, 3]  # k straight to [B, H, d, T]
+        nodes.append(helper.make_node("Transpose", [f"{n}4"], [f"{n}h"], perm=perm))
+    return nodes + [
+        helper.make_node("MatMul", ["qh", "kh"], ["s"]),
+        helper.make_node("Mul", ["s", scale], ["ss"]),
+        helper.make_node("Softmax", ["ss"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "vh"], ["o"]),
+        helper.make_node("Transpose", ["o"], ["o4"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["o4", merge], ["y"]),
+    ]
 
 
 def write_layer_onnx(layer: PrunableLayer, cin: int, cout: int, path: Path, seed: int = 0) -> Path:

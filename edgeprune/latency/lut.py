@@ -49,12 +49,16 @@ class Family:
     """Layers sharing one table. ``mode`` is which widths vary: ``fixed``, ``in``,
     ``out``, ``both``, ``depthwise`` or ``tied`` (cin = cout = one group's width)."""
 
-    def __init__(self, layer: PrunableLayer, mode: str, lo_in: int, lo_out: int) -> None:
+    def __init__(self, layer: PrunableLayer, mode: str, lo_in: int, lo_out: int, unit_in: int = 1,
+                 unit_out: int = 1) -> None:
         self.layer = layer
         self.mode = mode
         self.n_in, self.n_out = layer.in_channels, layer.out_channels
         self.lo_in, self.lo_out = lo_in, lo_out
-        self.key = f"{layer.signature()}|{mode}|lo{lo_in}x{lo_out}"
+        #: widths of a varying axis are multiples of its group's ``unit`` (heads, conv groups)
+        self.unit_in, self.unit_out = max(1, int(unit_in)), max(1, int(unit_out))
+        units = f"|u{self.unit_in}x{self.unit_out}" if self.unit_in > 1 or self.unit_out > 1 else ""
+        self.key = f"{layer.signature()}|{mode}|lo{lo_in}x{lo_out}{units}"
         self.members: list[str] = []
 
     def point(self, ci: int, co: int) -> Point:
@@ -72,19 +76,27 @@ def family_of(layer: PrunableLayer, space: PruneSpace) -> Family:
 
     def lo(gid: str | None, full: int) -> int:
         g = groups.get(gid) if gid else None
-        return max(1, min(full, g.min_size)) if g else full
+        return max(1, min(full, max(g.min_size, g.unit))) if g else full
+
+    def unit(gid: str | None) -> int:
+        g = groups.get(gid) if gid else None
+        return max(1, int(getattr(g, "unit", 1))) if g is not None and g.prunable else 1
 
     if layer.depthwise:
         gid = layer.out_group or layer.in_group
         if var(gid):
-            return Family(layer, "depthwise", lo(gid, layer.in_channels), lo(gid, layer.out_channels))
+            return Family(layer, "depthwise", lo(gid, layer.in_channels), lo(gid, layer.out_channels), unit(gid),
+                          unit(gid))
         return Family(layer, "fixed", layer.in_channels, layer.out_channels)
     vi, vo = var(layer.in_group), var(layer.out_group)
-    if vi and vo and layer.in_group == layer.out_group:  # e.g. a stacked RNN layer: hidden -> hidden
-        return Family(layer, "tied", lo(layer.in_group, layer.in_channels), lo(layer.out_group, layer.out_channels))
+    ui, uo = unit(layer.in_group), unit(layer.out_group)
+    if vi and vo and layer.in_group == layer.out_group:  # a stacked RNN layer (hidden -> hidden), attention
+        return Family(layer, "tied", lo(layer.in_group, layer.in_channels), lo(layer.out_group, layer.out_channels),
+                      ui, uo)
     mode = "both" if vi and vo else "in" if vi else "out" if vo else "fixed"
     return Family(layer, mode, lo(layer.in_group, layer.in_channels) if vi else layer.in_channels,
-                  lo(layer.out_group, layer.out_channels) if vo else layer.out_channels)
+                  lo(layer.out_group, layer.out_channels) if vo else layer.out_channels, ui if vi else 1,
+                  uo if vo else 1)
 
 
 def families(space: PruneSpace) -> tuple[dict[str, Family], dict[str, Family]]:
@@ -130,37 +142,38 @@ class LayerTable:
                 self.missing.append(p)
             return e
 
-        axes = {"out": ("out", f.lo_out, f.n_out, lambda c: f.point(f.n_in, c)),
-                "in": ("in", f.lo_in, f.n_in, lambda c: f.point(c, f.n_out)),
-                "depthwise": ("both", f.lo_in, f.n_in, lambda c: f.point(c, c))}
+        axes = {"out": ("out", f.lo_out, f.n_out, f.unit_out, lambda c: f.point(f.n_in, c)),
+                "in": ("in", f.lo_in, f.n_in, f.unit_in, lambda c: f.point(c, f.n_out)),
+                "depthwise": ("both", f.lo_in, f.n_in, f.unit_out, lambda c: f.point(c, c))}
         wanted = {"out": ["out"], "in": ["in"], "both": ["out", "in"], "depthwise": ["depthwise"],
                   "tied": ["depthwise"]}.get(f.mode, [])
         for which in wanted:
-            name, lo, hi, pt = axes[which]
+            name, lo, hi, unit, pt = axes[which]
             vals, ents = {}, []
-            for c in initial_points(lo, hi, grid):
+            for c in initial_points(lo, hi, grid, unit):
                 e = lookup(pt(c))
                 if e is not None:
                     vals[c] = e.ms
                     ents.append(e)
             for c in range(lo, hi + 1):  # refinement points measured earlier belong here too
-                if c not in vals:
+                if c not in vals and (c % unit == 0 or c == hi):
                     e = entries.get(pt(c).signature)
                     if e is not None:
                         vals[c] = e.ms
                         ents.append(e)
-            self.axes[name] = Staircase(lo, hi, vals, _noise_tol(ents, grid.rel_tol))
+            self.axes[name] = Staircase(lo, hi, vals, _noise_tol(ents, grid.rel_tol), unit)
             self._axis_point[name] = pt
         if f.mode == "fixed":
             e = lookup(f.point(f.n_in, f.n_out))
             self._full_ms = e.ms if e is not None else None
 
         if f.mode == "both":  # coarse 2-D correction grid + held-out checks
-            self.rows = coarse_values(f.lo_in, f.n_in, grid)
-            self.cols = coarse_values(f.lo_out, f.n_out, grid)
+            self.rows = coarse_values(f.lo_in, f.n_in, grid, f.unit_in)
+            self.cols = coarse_values(f.lo_out, f.n_out, grid, f.unit_out)
             grid_ms = {(r, c): lookup(f.point(r, c)) for r in self.rows for c in self.cols}
-            pts = check_points(f.key, grid.lattice(f.lo_in, f.n_in), grid.lattice(f.lo_out, f.n_out),
-                               f.lo_in, f.n_in, f.lo_out, f.n_out, grid.checks_2d)
+            pts = check_points(f.key, grid.lattice(f.lo_in, f.n_in, f.unit_in),
+                               grid.lattice(f.lo_out, f.n_out, f.unit_out), f.lo_in, f.n_in, f.lo_out, f.n_out,
+                               grid.checks_2d, f.unit_in, f.unit_out)
             checks = [(ci, co, lookup(f.point(ci, co))) for ci, co in pts]
             if not self.missing:
                 self.ratio = [[grid_ms[(r, c)].ms / self._rank1(r, c) for c in self.cols] for r in self.rows]  # type: ignore[union-attr]
@@ -249,8 +262,9 @@ class LayerTable:
             return []
         out = []
         for name, st in self.axes.items():
-            budget = self.grid.budget(st.lo, st.hi)
-            out += [self._axis_point[name](c) for c in st.refinement(budget, self.grid.fine_from(st.lo, st.hi))]
+            budget = self.grid.budget(st.lo, st.hi, st.unit)
+            out += [self._axis_point[name](c)
+                    for c in st.refinement(budget, self.grid.fine_from(st.lo, st.hi, st.unit))]
         return out
 
     def spikes(self) -> list[Point]:

@@ -51,11 +51,11 @@ def axis_widths(t) -> list[tuple[int, int]]:  # noqa: ANN001 - a PredictedLayerT
         return [(f.n_in, f.n_out)]
     out: list[tuple[int, int]] = []
     if f.mode in ("out", "both"):
-        out += [(f.n_in, c) for c in g.lattice(f.lo_out, f.n_out)]
+        out += [(f.n_in, c) for c in g.lattice(f.lo_out, f.n_out, f.unit_out)]
     if f.mode in ("in", "both"):
-        out += [(c, f.n_out) for c in g.lattice(f.lo_in, f.n_in)]
+        out += [(c, f.n_out) for c in g.lattice(f.lo_in, f.n_in, f.unit_in)]
     if f.mode in ("depthwise", "tied"):
-        out += [(c, c) for c in g.lattice(f.lo_out, f.n_out)]
+        out += [(c, c) for c in g.lattice(f.lo_out, f.n_out, f.unit_out)]
     return list(dict.fromkeys(out))
 
 

@@ -207,8 +207,8 @@ class PredictedTable(FamilyTables):
 def lattice_widths(f: Family, grid: GridSettings) -> list[tuple[int, int]]:
     """The (cin, cout) widths the strategies ask a family for: lattice widths on its
     varying axes (the other at full width), and for two varying axes their grid."""
-    li = grid.lattice(f.lo_in, f.n_in)
-    lo = grid.lattice(f.lo_out, f.n_out)
+    li = grid.lattice(f.lo_in, f.n_in, f.unit_in)
+    lo = grid.lattice(f.lo_out, f.n_out, f.unit_out)
     if f.mode == "fixed":
         return [(f.n_in, f.n_out)]
     if f.mode == "out":

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,7 +208,12 @@ class LatencyPredictor:
 
     # ---- LatencyModel --------------------------------------------------------------------
     def predict(self, widths: Mapping[str, int]) -> float:
-        s = self.layer_sum(widths)
+        return self._calibrated(self.layer_sum(widths), lambda: self.activations(widths) / self._full_act)
+
+    def _calibrated(self, s: float, act_fraction: "Callable[[], float]") -> float:
+        """The whole model from a layer sum ``s`` under the chosen calibration;
+        ``act_fraction()`` (activations kept / full, computed only by the methods that
+        scale the remainder with it) is lazy because :meth:`predict` is the search's hot path."""
         c = self.calibration
         if c.method == "none":
             return s
@@ -219,8 +224,24 @@ class LatencyPredictor:
         if c.method == "linear":
             return c.a * s + c.b
         if c.method == "overhead":
-            return s + c.b + (c.full_ms - c.full_sum_ms - c.b) * self.activations(widths) / self._full_act
-        return s + (c.full_ms - c.full_sum_ms) * self.activations(widths) / self._full_act
+            return s + c.b + (c.full_ms - c.full_sum_ms - c.b) * act_fraction()
+        return s + (c.full_ms - c.full_sum_ms) * act_fraction()
+
+    def predict_without(self, layers: Collection[str], widths: Mapping[str, int] | None = None) -> float:
+        """The model without the named layers (depth pruning drops whole residual blocks):
+        the layer sum and activations of the layers that remain, calibrated like
+        :meth:`predict`, so the remainder's share that scales with activations leaves with
+        the block and the constant part (per-call overhead) stays."""
+        gone = set(layers)
+        w = {**self.space.full_widths(), **(widths or {})}
+        s = act = 0.0
+        for layer, (ig, og, ci0, co0, dw, ms, a) in zip(self.space.layers, self._layers):
+            if layer.name in gone:
+                continue
+            cin, cout = self._dims(w, ig, og, ci0, co0, dw)
+            s += ms(cin, cout)
+            act += a * cout
+        return self._calibrated(s, lambda: act / self._full_act if self._full_act > 0 else 1.0)
 
     def predict_flops(self, widths: Mapping[str, int]) -> float:
         """The naive alternative: the measured full latency scaled by the MAC count."""
@@ -234,7 +255,9 @@ class LatencyPredictor:
         full = self.space.full_widths()
         idx = [i for i, l in enumerate(self._layers) if group in (l[0], l[1])]
         out = {}
-        for w in widths if widths is not None else range(max(1, g.min_size), g.size + 1):
+        u = max(1, g.unit)
+        every = sorted({*range(u * max(1, -(-g.min_size // u)), g.size + 1, u), g.size})  # multiples of the unit
+        for w in widths if widths is not None else every:
             full[group] = w
             out[w] = sum(self._layers[i][5](*self._dims(full, *self._layers[i][:5])) for i in idx)
         return out
@@ -242,7 +265,7 @@ class LatencyPredictor:
     def candidates(self, group: str) -> list[int]:
         """Ascending widths on the fast side of the steps of ``group``: lattice widths
         (multiples of the lane width, where the table is measured in 2-D, plus the full
-        size) that are not dominated, i.e. every wider lattice width is more than
+        size; for a group with a ``unit``, multiples of the unit) that are not dominated, i.e. every wider lattice width is more than
         ``CANDIDATE_EPS`` slower."""
         got = self._candidates.get(group)
         if got is not None:
@@ -251,7 +274,7 @@ class LatencyPredictor:
         if not g.prunable:
             self._candidates[group] = [g.size]
             return [g.size]
-        curve = self.group_curve(group, self.table.grid.lattice(max(1, g.min_size), g.size))
+        curve = self.group_curve(group, self.table.grid.lattice(max(1, g.min_size), g.size, g.unit))
         keep, best = [], math.inf
         for w in sorted(curve, reverse=True):
             if curve[w] * (1 + CANDIDATE_EPS) < best or w == g.size:

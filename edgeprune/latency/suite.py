@@ -16,8 +16,12 @@ What it holds (``size="full"``), for a target with ``lanes`` fp32 SIMD lanes:
 * *channel sweeps*: one width stepped by 1 through several lane multiples at fixed other
   dims, so the regressor sees the staircase (latency vs width steps at lane multiples),
   which smooth regressors are blind to and pruning lives on;
-* linear layers (Gemm) with batch rows 1..32 and token rows 49 / 64 / 197, widths up to
-  4096; LSTM / GRU (one direction) at a few sequence / batch / hidden sizes;
+* linear layers (Gemm) with batch rows 1..32 and token rows (tokens x batch) 16 / 49 /
+  64 / 128 / 197 / 256, widths up to 4096 (a transformer's q/k/v/out projections and its
+  FFN); LSTM / GRU (one direction) at a few sequence / batch / hidden sizes;
+* the prunable attention core (``PrunableLayer`` kind ``attention``: head split, q k^T,
+  scale, softmax, p v, head merge) at 1..16 heads of head_dim 16 / 32 / 64 and 16..256
+  tokens, batch 1 and 4: what a head-pruned transformer's table asks for;
 * the cheap ops a model pays besides (:mod:`edgeprune.latency.opshape`): elementwise
   add, the squeeze-excitation gate, activations, pooling, global pooling, concat,
   softmax, attention's matmul + softmax, transpose and reshape.
@@ -56,7 +60,7 @@ from edgeprune.prune.space import LayerKind, PrunableLayer
 
 #: bump when the suite's shapes change: a device model built with another version is
 #: completed (points are keyed by signature, so every shared point is kept)
-SUITE_VERSION = "1"
+SUITE_VERSION = "2"  # 2: the prunable attention core, token rows up to 256
 SIZES = ("full", "tiny")
 #: no suite point costs more than this per inference (~50 ms on this host, ~0.3 s on a Pi 4)
 MAX_MACS = 1.0e9
@@ -86,7 +90,7 @@ LINEAR_WIDTHS = (64, 128, 256, 384, 512, 768, 1024, 2048, 3072, 4096)
 class SuitePoint:
     """One shape of the suite: a prunable layer at (cin, cout), or a cheap op. ``kind``
     groups points for reports (``conv``, ``conv-grouped``, ``conv-dw``, ``linear``, ``lstm``,
-    ``gru``, ``op-<name>``)."""
+    ``gru``, ``attention``, ``op-<name>``)."""
 
     signature: str
     kind: str
@@ -120,6 +124,8 @@ def is_holdout(signature: str) -> bool:
         return re.search(rf"-r{HOLDOUT_ROWS}-", signature) is not None
     if signature.startswith(("lstm-", "gru-")):
         return re.search(rf"-o{HOLDOUT_HIDDEN}-", signature) is not None
+    if signature.startswith("attention-"):
+        return signature.endswith(f"-t{HOLDOUT_TOKENS}")
     op = OpShape.from_signature(signature)
     if op is None:
         return False
@@ -161,6 +167,16 @@ def _rnn(kind: LayerKind, cin: int, hidden: int, seq: int, batch: int, tier: int
         return None
     sig = layer.signature(cin, hidden)
     return SuitePoint(sig, kind, float(macs), tier, is_holdout(sig), layer, cin, hidden)
+
+
+def _attention(heads: int, head_dim: int, tokens: int, batch: int, tier: int) -> SuitePoint | None:
+    c = heads * head_dim
+    layer = PrunableLayer("suite", "attention", c, c, head_dim=head_dim, rows=batch, seq_len=tokens, bias=False)
+    macs = layer.macs(c, c)
+    if macs > MAX_MACS:
+        return None
+    sig = layer.signature(c, c)
+    return SuitePoint(sig, "attention", float(macs), tier, is_holdout(sig), layer, c, c)
 
 
 def _op(name: str, shape: tuple[int, ...], tier: int, **params: int) -> SuitePoint | None:
@@ -292,7 +308,7 @@ def _convs(f: _Families) -> None:
 
 def _linears(f: _Families) -> None:
     L = f.lanes
-    for rows in (1, 197, 49, 4, 32, 64, 8, 16):
+    for rows in (1, 197, 49, 4, 32, 64, 8, 16, 128, 256):
         base = rows in (1, 197)
         for i, c in enumerate(f.ladder(64, 4096, LINEAR_WIDTHS)):
             f.add("linear", _linear(c, c, rows, 0 if base and c in (128, 256, 512, 1024) else 1))
@@ -349,6 +365,21 @@ def _ops(f: _Families) -> None:
             f.add("transpose", _op("transpose", (1, h, t, d), min(3, tier + 2)))
     for n in (10, 100, 1000):
         f.add("softmax", _op("softmax", (1, n), 1))
+    _attentions(f)
+
+
+def _attentions(f: _Families) -> None:
+    """The attention core at every head count a head-pruned ViT / BERT passes through
+    (1..16), three head dims and token counts from a 4x4 patch grid to 256 tokens."""
+    for t in (49, 197, 16, 64, 128, 256, 50, 100):
+        base = t in (49, 197)
+        for d in (64, 32, 16):
+            for h in (1, 2, 3, 4, 6, 8, 12, 16):
+                lattice = h in (1, 4, 12)
+                tier = 0 if base and d == 64 and lattice else (1 if base or lattice else 2)
+                f.add(f"attn-d{d}", _attention(h, d, t, 1, tier))
+                if h in (3, 6, 12) and t in (49, 197, 16, 64):
+                    f.add("attn-batch", _attention(h, d, t, 4, 3))
 
 
 # ------------------------------------------------------------------ the tiny suite (tests)
@@ -379,6 +410,8 @@ def _tiny(f: _Families) -> None:
     f.add("ops", _op("concat", s, 0, n=2))
     f.add("ops", _op("softmax", (1, 10), 0))
     f.add("ops", _op("attention", (1, 2, 16, 16), 0))
+    for h, t in ((1, 16), (2, 16), (4, 16), (2, 32), (2, HOLDOUT_TOKENS)):
+        f.add("attention", _attention(h, 16, t, 1, 0 if t != HOLDOUT_TOKENS else 1))
     f.add("ops", _op("transpose", (1, 2, 16, 16), 0))
 
 
@@ -413,7 +446,7 @@ def kind_of(signature: str) -> str:
     head = signature.split("-", 1)[0]
     if head == "conv":
         tail = signature.rsplit("-", 2)[-2]
-        return "conv-dw" if tail == "dw" else ("conv-grouped" if re.fullmatch(r"g\d+", tail) else "conv")
+        return "conv-dw" if tail == "dw" else ("conv-grouped" if re.fullmatch(r"gw?\d+", tail) else "conv")
     return head
 
 

@@ -73,12 +73,17 @@ def variant_job(model: "LoadedModel", space: PruneSpace, widths: Mapping[str, in
 def random_widths(space: PruneSpace, rng: random.Random, candidates: Callable[[str], list[int]] | None,
                   low: float = 0.3) -> dict[str, int]:
     """A random pruned configuration: a global keep ratio in [low, 1], jittered per group;
-    snapped to the group's candidates when given (what a latency-aware pruner produces)."""
+    snapped to a multiple of the group's ``unit`` (whole heads / conv groups), and to the
+    group's candidates when given (what a latency-aware pruner produces)."""
+    from edgeprune.latency.grid import snap
+
     base = rng.uniform(low, 1.0)
     out: dict[str, int] = {}
     for g in space.prunable_groups():
         r = min(1.0, max(0.05, base * rng.uniform(0.75, 1.25)))
         w = max(max(1, g.min_size), min(g.size, int(round(r * g.size))))
+        if g.unit > 1:
+            w = snap(w, g.unit, max(g.min_size, g.unit), g.size)
         if candidates is not None:
             cands = candidates(g.id)
             w = min(cands, key=lambda c: (abs(c - w), -c))

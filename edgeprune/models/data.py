@@ -2,7 +2,8 @@
 
 Nothing here downloads: the digits are scikit-learn's bundled copy (1,797 real 8x8
 scans), the recommender data is generated. The digits are upsampled to 32x32 so the demo
-models do real work per inference (DESIGN.md, "Demo models must be compute-bound").
+models do real work per inference (DESIGN.md, "Demo models must be compute-bound"), and to
+64x64 RGB (three identical planes) for ImageNet-style architectures written for colour input.
 """
 
 from __future__ import annotations
@@ -41,17 +42,43 @@ def _digits_upsampled(size: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.
     return norm(x_tr), y_tr, norm(x_va), y_va
 
 
-def digits_images(size: int = 32, seed: int = 0) -> ModelData:
-    """scikit-learn's digits as images [N, 1, size, size]: real data, 10 classes."""
+def digits_images(size: int = 32, seed: int = 0, channels: int = 1) -> ModelData:
+    """scikit-learn's digits as images [N, channels, size, size]: real data, 10 classes.
+
+    ``channels=3`` repeats the grey scan in three identical planes, so networks written
+    for RGB input (an ImageNet-style stem, e.g. at ``size=64``) train and prune on real
+    data as they are, without a user editing their first layer; the planes carry no
+    colour information and the description says so."""
+    if channels < 1:
+        raise ModelError(f"digits images need at least 1 channel, got {channels}")
     x_tr, y_tr, x_va, y_va = _digits_upsampled(size, seed)
+    planes = ""
+    if channels > 1:
+        x_tr, x_va = (np.ascontiguousarray(np.repeat(a, channels, axis=1)) for a in (x_tr, x_va))
+        planes = f", grey repeated in {channels} identical channels (no colour information)"
     return ModelData(
         train=DataSplit([x_tr], y_tr),
         val=DataSplit([x_va], y_va),
         task="classification",
         synthetic=False,
-        description=f"scikit-learn digits (1,797 real 8x8 scans) upsampled to {size}x{size}, "
+        description=f"scikit-learn digits (1,797 real 8x8 scans) upsampled to {size}x{size}{planes}, "
         f"stratified {1 - VAL_FRACTION:.0%}/{VAL_FRACTION:.0%} split (seed {seed})",
     )
+
+
+def save_npz_data(data: ModelData, path: Path) -> Path:
+    """Write a single-input data set as the ``.npz`` a user passes with ``--data`` (the
+    format :func:`load_npz_data` reads back), so a benchmark hands edgeprune its data
+    exactly as a user would. ``task`` is stored when it is not "classification"."""
+    if len(data.train.inputs) != 1 or len(data.val.inputs) != 1:
+        raise ModelError(f"a --data .npz holds one model input; this data set has {len(data.train.inputs)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"task": np.array(data.task)} if data.task != "classification" else {}
+    with path.open("wb") as f:  # a file object: numpy would otherwise append ".npz" to other names
+        np.savez(f, x_train=data.train.inputs[0], y_train=data.train.labels,
+                 x_val=data.val.inputs[0], y_val=data.val.labels, **extra)
+    return path
 
 
 def digits_sequences(size: int = 32, seed: int = 0) -> ModelData:
@@ -115,6 +142,62 @@ def recsys_synthetic(
         f"{n_samples} (user, item) pairs, seed {seed}",
     )
 
+
+
+def dlrm_synthetic(
+    n_dense: int = 13,
+    vocab_sizes: tuple[int, ...] | list[int] = (1000,) * 8,
+    bag: int = 2,
+    rank: int = 8,
+    seed: int = 0,
+    n_samples: int = 100_000,
+    noise: float = 0.3,
+    val_batch: int = 256,
+) -> ModelData:
+    """SYNTHETIC click logs for a DLRM-like model: no real click data set (Criteo and
+    the like) can be shipped offline, so clicks are generated from a hidden model.
+
+    Each sample has ``n_dense`` standard-normal dense features and, per sparse feature f,
+    ``bag`` ids drawn from ``vocab_sizes[f]`` (Zipf-like: a few popular ids). The hidden
+    logit is a linear term of the dense features plus per-id biases plus the pairwise
+    dot products of rank-``rank`` latent vectors (the bag mean per feature, and one
+    projected from the dense features), i.e. the structure a DLRM's interaction layer
+    models, plus noise; "clicked" is ``logit > median`` (balanced classes). The
+    validation split is a multiple of ``val_batch`` (the served batch).
+    """
+    vocab = [int(v) for v in vocab_sizes]
+    if n_dense < 1 or not vocab or min(vocab) < 1 or bag < 1 or rank < 1:
+        raise ModelError("dlrm_synthetic needs n_dense, bag, rank and every vocabulary size >= 1")
+    rng = np.random.default_rng(seed)
+    dense = rng.normal(size=(n_samples, n_dense)).astype(np.float32)
+    sparse = np.empty((n_samples, len(vocab), bag), dtype=np.int64)
+    vecs = []
+    logit = dense @ rng.normal(scale=0.5 / np.sqrt(n_dense), size=n_dense)
+    for f, v in enumerate(vocab):
+        p = 1.0 / np.arange(1, v + 1) ** 0.8
+        sparse[:, f] = rng.choice(v, size=(n_samples, bag), p=p / p.sum())
+        table = rng.normal(size=(v, rank)) / np.sqrt(rank)
+        logit += rng.normal(scale=0.3, size=v)[sparse[:, f]].mean(1)
+        vecs.append(table[sparse[:, f]].mean(1))
+    vecs.append(dense @ (rng.normal(size=(n_dense, rank)) / np.sqrt(n_dense * rank)))
+    for a in range(len(vecs)):
+        for b in range(a + 1, len(vecs)):
+            logit += np.einsum("nr,nr->n", vecs[a], vecs[b])
+    logit += rng.normal(scale=noise, size=n_samples)
+    labels = (logit > np.median(logit)).astype(np.int64)
+    n_val = max(val_batch, int(round(n_samples * VAL_FRACTION / val_batch)) * val_batch)
+    if n_val >= n_samples:
+        raise ModelError(f"dlrm_synthetic: {n_samples} samples are too few for a validation split of {n_val}")
+    tr, va = slice(n_val, None), slice(0, n_val)
+    return ModelData(
+        train=DataSplit([dense[tr], sparse[tr]], labels[tr]),
+        val=DataSplit([dense[va], sparse[va]], labels[va]),
+        task="binary",
+        synthetic=True,
+        description=f"SYNTHETIC click data (no real click-log data set can be shipped offline): {n_dense} dense "
+        f"features, {len(vocab)} sparse features of {bag} ids each, clicks from a hidden rank-{rank} pairwise "
+        f"interaction model plus noise, label = logit above median, {n_samples} samples, seed {seed}",
+    )
 
 def load_npz_data(path: Path, task: Task | None = None) -> ModelData:
     """A user's own data for accuracy checks and fine-tuning.

@@ -180,6 +180,21 @@ _add(ZooEntry(
     batch=RECSYS_BATCH,
     notes=("trained on SYNTHETIC data: a real recommender data set cannot be shipped offline",),
 ))
+_add(ZooEntry(
+    name="dlrm-recsys",
+    description="DLRM-like click model (8 embedding bags of 100 ids x 32 + bottom MLP 13-128-64-32, pairwise "
+    "dot interaction, top MLP 68-512-256-1), batches of 256 requests; SYNTHETIC data",
+    arch_cls="DLRM", arch={"n_dense": 13, "vocab_sizes": [100] * 8, "emb_dim": 32, "bottom": [128, 64],
+                           "top": [512, 256]},
+    input_names=("dense", "sparse"),
+    data_fn="dlrm_synthetic", data_kwargs={"n_dense": 13, "vocab_sizes": [100] * 8, "bag": 2, "rank": 8,
+                                           "seed": DATA_SEED, "n_samples": 200_000},
+    train={"epochs": 10, "batch_size": 256, "lr": 5e-3, "weight_decay": 0.0},
+    batch=RECSYS_BATCH,
+    notes=("trained on SYNTHETIC click data: no real click-log data set can be shipped offline",
+           "pruning leaves the embeddings and the bottom MLP's last layer (bottom.4) whole: their width is the "
+           "embedding dim that every dot product of the feature interaction is taken over"),
+))
 
 
 def list_zoo() -> list[tuple[str, str]]:

@@ -16,12 +16,18 @@ Rules:
 * the layer(s) producing the model output keep their output width;
 * ``keep_layers`` (module names or name prefixes) are left exactly as they are: their
   input and output channels are not cut;
-* bidirectional RNNs and LSTMs with ``proj_size`` are not pruned (noted in ``space.notes``).
+* grouped convs with a fixed group width lose whole conv groups (the group's ``unit``);
+  channel shuffles and bare parameters that are not per-channel vectors leave their
+  channels whole (see :mod:`edgeprune.prune.quirks`); every group left whole gets a note;
+* RNNs: one group of hidden units per LSTM/GRU module (every layer of the stack, both
+  directions; see :mod:`edgeprune.prune.rnn`); LSTMs with ``proj_size`` are not pruned
+  (noted in ``space.notes``: torch cannot export them to ONNX).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +38,10 @@ import torch
 from torch import nn
 
 from edgeprune.errors import ModelError, PruneError
-from edgeprune.prune.rnn import RNN_TYPES, RNNUnitPruner
+from edgeprune.prune import quirks
+from edgeprune.prune import attention
+from edgeprune.prune.rnn import RNN_TYPES, RNNUnitPruner, rnn_layers, trace_forward
+from edgeprune.prune.rnn import rewire_hook as _rnn_rewire_hook
 from edgeprune.prune.space import PrunableLayer, PruneGroup, PruneSpace
 
 __all__ = [
@@ -99,34 +108,6 @@ def _run(module: nn.Module, inputs: Sequence[torch.Tensor]) -> Any:
     return module(*inputs)
 
 
-def _rnn_rewire_hook(module: nn.Module, inputs: Any, output: Any) -> Any:
-    """While tracing, present an RNN to torch-pruning as one opaque op.
-
-    Left alone, the tracer walks into the RNN's autograd internals (GRU on CPU is a
-    chain of split/sigmoid/tanh ops) and misreads them as channel ops, and h_n's graph
-    bypasses the tensor it associates with the module. So the output becomes
-    ``out.detach() + 0 * sum(x)`` (one op whose only channel link is the RNN's input) and
-    h_n / c_n become ``h.detach() + 0 * out[:, -1]`` (linked to the RNN's hidden units).
-    """
-    out, hx = output
-    x = inputs[0] if inputs else None
-    if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
-        return output  # PackedSequence: left to the tracer
-    anchor = 0.0 * module.weight_hh_l0.sum()  # guarantees a grad_fn even if x needs no grad
-    out = out.detach() + 0.0 * x.sum(-1, keepdim=True) + anchor
-    if module.bidirectional or getattr(module, "proj_size", 0):
-        def relink(t: torch.Tensor) -> torch.Tensor:
-            return t.detach() + anchor
-    else:
-        last = out.select(1 if module.batch_first else 0, -1) if out.dim() == 3 else out[-1]
-
-        def relink(t: torch.Tensor) -> torch.Tensor:
-            return t.detach() + 0.0 * last
-
-    hx = tuple(relink(t) for t in hx) if isinstance(hx, tuple) else relink(hx)
-    return out, hx
-
-
 def _record_shapes(module: nn.Module) -> tuple[dict[str, dict[str, Any]], list[Any]]:
     shapes: dict[str, dict[str, Any]] = {}
     handles = []
@@ -144,6 +125,7 @@ def _matches(name: str, keep: Sequence[str]) -> bool:
     return any(name == k or name.startswith(k + ".") for k in keep)
 
 
+@quirks.reshape_guard()  # torch-pruning re-maps reshapes in every get_pruning_group too
 def build_space(
     module: nn.Module, example_inputs: list[torch.Tensor], keep_layers: Sequence[str] = ()
 ) -> PruneSpace:
@@ -155,6 +137,7 @@ def build_space(
     """
     import torch_pruning as tp
 
+    attn_notes = attention.convert_mha(module)  # attention hook: MHA -> equivalent Attention, in place
     names = [n for n, _ in module.named_modules() if n]
     for k in keep_layers:
         if not any(_matches(n, [k]) for n in names):
@@ -178,6 +161,7 @@ def build_space(
 
     rnn_pruner = RNNUnitPruner()
     rewires = [m.register_forward_hook(_rnn_rewire_hook) for m in model.modules() if isinstance(m, RNN_TYPES)]
+    fixed = quirks.mark_fixed_groups(model)  # grouped convs cut by whole conv groups (see quirks)
     dg = tp.DependencyGraph()
     traced_out: list[Any] = []
 
@@ -190,9 +174,9 @@ def build_space(
             dg.build_dependency(
                 model,
                 example_inputs=inputs,
-                forward_fn=_run,
+                forward_fn=trace_forward,
                 output_transform=keep_output,
-                customized_pruners={nn.LSTM: rnn_pruner, nn.GRU: rnn_pruner},
+                customized_pruners={nn.LSTM: rnn_pruner, nn.GRU: rnn_pruner, **quirks.customized(fixed)},
                 verbose=False,
             )
     except Exception as exc:
@@ -203,11 +187,13 @@ def build_space(
     finally:
         for h in rewires:
             h.remove()
+        quirks.unmark(fixed)
 
     mod2name = {m: n for n, m in model.named_modules()}
     out_fns = {t.grad_fn for t in _flat_outputs(traced_out[0]) if t.grad_fn is not None} if traced_out else set()
     output_modules = {m for m, node in dg.module2node.items() if node.grad_fn in out_fns}
     param2name = {p: n for n, p in model.named_parameters()}
+    shuffles = quirks.shuffle_ops(dg, mod2name)
     notes: list[str] = []
     groups: dict[str, PruneGroup] = {}
     plans: dict[str, list[_Cut]] = {}
@@ -216,6 +202,8 @@ def build_space(
     roots = (nn.Conv1d, nn.Conv2d, nn.Linear, *RNN_TYPES)
     visited: set[nn.Module] = set()
     order = [m for _, m in model.named_modules() if m in dg.module2node and isinstance(m, roots)]
+    heads = attention.head_groups(model, dg, keep_layers, _Cut)  # attention hook: whole-head groups
+    visited.update(named_module(model, p) for p in heads.skip)
 
     for root in order:
         if root in visited:
@@ -234,6 +222,8 @@ def build_space(
         cuts: list[_Cut] = []
         touched: list[str] = []
         reasons: list[str] = []
+        unit = 1
+        shuffled: list[str] = []
         for item in group:
             dep, idxs = item.dep, item.idxs
             tgt = dep.target
@@ -242,9 +232,14 @@ def build_space(
             if tgt.type == tp.ops.OPTYPE.OUTPUT:
                 reasons.append("feeds the model output")
                 continue
+            if tmod in shuffles:
+                shuffled.append(shuffles[tmod])
+                continue
             if isinstance(tmod, nn.Parameter):
                 pname = param2name.get(tmod, "?")
-                reasons.append(f"touches a bare parameter '{pname}'")
+                why = quirks.param_reason(tmod, pname)
+                if why:
+                    reasons.append(why)
                 cuts.append(_Cut(pname, dep.handler, tgt.pruning_dim, np.asarray(idxs), np.asarray(item.root_idxs), True))
                 continue
             if is_out and tmod in output_modules:
@@ -261,35 +256,56 @@ def build_space(
                 touched.append(tname)
             if isinstance(tmod, nn.Embedding):
                 reasons.append(f"embedding '{tname}' is not pruned")
-            if isinstance(tmod, RNN_TYPES) and (tmod.bidirectional or getattr(tmod, "proj_size", 0)):
-                reasons.append(f"'{tname}' is bidirectional or projected")
-            if isinstance(tmod, (nn.Conv1d, nn.Conv2d)) and 1 < tmod.groups and not (
+            if tmod is root and isinstance(tmod, RNN_TYPES) and getattr(tmod, "proj_size", 0):
+                reasons.append(f"'{tname}' is an LSTM with proj_size (torch cannot export it to ONNX)")
+            gw = fixed.get(tmod, 0) or quirks.norm_group_width(tmod)
+            if gw:
+                if quirks.unit_blocks_ok(np.asarray(idxs), np.asarray(item.root_idxs), gw * tmod.groups
+                                         if tmod in fixed else tmod.num_channels):
+                    unit = math.lcm(unit, gw)
+                else:
+                    reasons.append(f"grouped {'conv' if tmod in fixed else 'norm'} '{tname}' does not take this "
+                                   "group's channels 1:1 (concat or split in between)")
+            elif isinstance(tmod, (nn.Conv1d, nn.Conv2d)) and 1 < tmod.groups and not (
                 tmod.groups == tmod.in_channels == tmod.out_channels
             ):
-                reasons.append(f"grouped conv '{tname}' (groups={tmod.groups})")
+                reasons.append(f"grouped conv '{tname}' (groups={tmod.groups}, {tmod.in_channels} in / "
+                               f"{tmod.out_channels} out: its conv groups cannot be removed whole)")
             if _matches(tname, keep_layers):
                 reasons.append(f"'{tname}' is kept (--keep-layer)")
             cuts.append(_Cut(tname, dep.handler, tgt.pruning_dim, np.asarray(idxs), np.asarray(item.root_idxs),
                              is_out=bool(is_out)))
-        prunable = not reasons and n_out > 1
+        if shuffled:
+            reasons.append(f"passes through {', '.join(dict.fromkeys(shuffled))} (reshape-transpose-reshape: a "
+                           "channel permutation the tracer cannot follow; the branches' inner channels are pruned)")
+        if n_out % unit:
+            reasons.append(f"its {n_out} channels are not whole groups of {unit} (grouped conv or GroupNorm)")
+        prunable = not reasons and n_out > unit
         if reasons and not any("model output" in r or "embedding" in r for r in reasons):
-            notes.append(f"group {gid}: not prunable: {'; '.join(dict.fromkeys(reasons))}")
-        groups[gid] = PruneGroup(id=gid, size=n_out, layers=tuple(touched), min_size=1, prunable=prunable)
+            notes.append(f"group {gid}: left whole: {'; '.join(dict.fromkeys(reasons))}")
+        groups[gid] = PruneGroup(id=gid, size=n_out, layers=tuple(touched), min_size=unit, prunable=prunable,
+                                 unit=unit)
         plans[gid] = cuts
 
+    groups.update(heads.groups)  # attention hook: the head groups' plans and owners
+    plans.update(heads.plans)
+    out_owner.update(heads.out_owner)
+    in_owner.update(heads.in_owner)
+    notes[:0] = attn_notes + heads.notes + attention.residual_notes(heads, groups, out_owner)
     space = TracedSpace(
         groups=groups, layers=[], notes=notes, plans=plans, example_inputs=inputs,
         output_shapes=output_shapes, keep_layers=tuple(keep_layers),
     )
     _check_plans(module, space)
     space.layers = _layers(model, space, shapes, out_owner, in_owner)
+    space.layers = heads.layers(space.layers, shapes, space.groups)  # attention hook: cores, fused qkv
     return space
 
 
 def _check_plans(module: nn.Module, space: TracedSpace) -> None:
     """Cut one channel of every prunable group at once and run the model; groups whose
     cut breaks the forward pass (an op the tracer misread) are frozen with a note."""
-    probe = {g.id: list(range(1, g.size)) for g in space.prunable_groups()}
+    probe = {g.id: list(range(g.unit, g.size)) for g in space.prunable_groups()}  # one whole unit
     if not probe:
         return
     try:
@@ -302,8 +318,9 @@ def _check_plans(module: nn.Module, space: TracedSpace) -> None:
             apply_widths(module, space, {gid: probe[gid]})
         except PruneError as exc:
             g = space.groups[gid]
-            space.groups[gid] = PruneGroup(g.id, g.size, g.layers, g.min_size, prunable=False)
-            space.notes.append(f"group {gid}: not prunable: {exc}")
+            space.groups[gid] = dataclasses.replace(g, prunable=False)
+            space.notes.append(f"group {gid}: left whole: cutting it breaks the forward pass ({exc}); "
+                               "an op the tracer misread")
 
 
 def _layers(
@@ -336,9 +353,10 @@ def _layers(
             two = (lambda v: (1, int(v[0]))) if isinstance(m, nn.Conv1d) else (lambda v: (int(v[0]), int(v[1])))
             hw = (1, shape[-1]) if isinstance(m, nn.Conv1d) else (shape[-2], shape[-1])
             dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            gw = quirks.fixed_group_width(m) if out_g is not None else 0  # in and out follow one group
             layers.append(PrunableLayer(
                 name=name, kind="conv", in_channels=m.in_channels, out_channels=m.out_channels,
-                in_group=out_g if dw else in_g, out_group=out_g,
+                in_group=out_g if dw or gw else in_g, out_group=out_g, group_width=gw,
                 kernel=two(m.kernel_size), stride=two(m.stride),
                 padding=two(m.padding) if not isinstance(m.padding, str) else (0, 0),
                 dilation=two(m.dilation), depthwise=dw, input_hw=(int(hw[0]), int(hw[1])),
@@ -350,19 +368,7 @@ def _layers(
                 in_group=in_g, out_group=out_g, rows=int(math.prod(shape[:-1])), bias=m.bias is not None,
             ))
         else:
-            kind = "lstm" if isinstance(m, nn.LSTM) else "gru"
-            if len(shape) == 3:
-                batch, seq = (shape[0], shape[1]) if m.batch_first else (shape[1], shape[0])
-            else:
-                batch, seq = 1, shape[0]
-            width = m.hidden_size * (2 if m.bidirectional else 1)
-            for k in range(m.num_layers):
-                layers.append(PrunableLayer(
-                    name=name if m.num_layers == 1 else f"{name}.l{k}", kind=kind,
-                    in_channels=m.input_size if k == 0 else width, out_channels=m.hidden_size,
-                    in_group=in_g if k == 0 else out_g, out_group=out_g,
-                    rows=int(batch), seq_len=int(seq), bias=bool(m.bias),
-                ))
+            layers += rnn_layers(name, m, shape, in_g, out_g, space.notes)
     return layers
 
 
@@ -386,6 +392,7 @@ def apply_widths(module: nn.Module, space: PruneSpace, keep: Mapping[str, Sequen
     if not isinstance(space, TracedSpace):
         raise PruneError("this prune space has no cut plan", "build it with edgeprune.prune.graph.build_space")
     pruned = copy.deepcopy(module)
+    attention.convert_mha(pruned)  # attention hook: a no-op once build_space converted ``module``
     # every cut is in the original coordinates (concat offsets included), so the indices
     # of all groups are merged per (module, handler) and each handler runs once
     todo: dict[tuple[str, int, bool], tuple[_Cut, set[int]]] = {}
@@ -400,6 +407,10 @@ def apply_widths(module: nn.Module, space: PruneSpace, keep: Mapping[str, Sequen
             raise PruneError(f"group {gid} is not prunable")
         if len(kept) < max(1, g.min_size):
             raise PruneError(f"group {gid}: keeping {len(kept)} < minimum {max(1, g.min_size)} channels")
+        if g.unit > 1 and not quirks.whole_units(kept, g.unit):
+            raise PruneError(f"group {gid}: channels come in whole blocks of {g.unit} (a conv group or a head); "
+                             f"keeping {len(kept)} channels is not whole blocks",
+                             f"keep a multiple of {g.unit}, block by block (keep_by_importance does)")
         drop = np.setdiff1d(np.arange(g.size), np.asarray(kept, dtype=np.int64))
         for cut in space.plans[gid]:
             sel = np.isin(cut.root_idxs, drop)
@@ -442,7 +453,10 @@ def keep_by_importance(
     space: PruneSpace, scores: Mapping[str, Sequence[float] | np.ndarray | torch.Tensor], widths: Mapping[str, int]
 ) -> dict[str, list[int]]:
     """The ``widths[g]`` highest-scoring channels of each group (ascending indices).
-    Groups without a width (or without scores) keep every channel; ties keep the lower index."""
+    Groups without a width (or without scores) keep every channel; ties keep the lower index.
+    A group with ``unit > 1`` keeps whole blocks of ``unit`` channels, ranked by the sum of
+    their channels' scores (a conv group or a head is only as useful as all of it);
+    a width that is not a multiple of ``unit`` is an error, never rounded silently."""
     keep: dict[str, list[int]] = {}
     for gid, g in space.groups.items():
         w = int(widths.get(gid, g.size))
@@ -457,6 +471,14 @@ def keep_by_importance(
         if arr.shape[0] != g.size:
             raise PruneError(f"group {gid}: {arr.shape[0]} scores for {g.size} channels")
         arr = np.nan_to_num(arr, nan=-np.inf)
+        if g.unit > 1:
+            if w % g.unit:
+                raise PruneError(f"group {gid}: width {w} is not a multiple of its unit {g.unit}",
+                                 "widths of a grouped conv's or a head's group are whole blocks")
+            blocks = arr.reshape(-1, g.unit).sum(axis=1)
+            border = np.lexsort((np.arange(blocks.size), -blocks))[: w // g.unit]
+            keep[gid] = sorted(int(b) * g.unit + j for b in border for j in range(g.unit))
+            continue
         order = np.lexsort((np.arange(g.size), -arr))  # by score desc, then index asc
         keep[gid] = sorted(int(i) for i in order[:w])
     return keep

@@ -77,16 +77,19 @@ def _slices(mod: "nn.Module", is_out: bool) -> list[_Slice]:
 
     if isinstance(mod, (nn.LSTM, nn.GRU)):
         g = 4 if isinstance(mod, nn.LSTM) else 3
+        sfxs, dirs = (("", "_reverse"), 2) if mod.bidirectional else (("",), 1)
         if not is_out:
-            return [_Slice(mod.weight_ih_l0, 1)]
+            return [_Slice(getattr(mod, f"weight_ih_l0{sfx}"), 1) for sfx in sfxs]
         out = []
         for k in range(mod.num_layers):
-            out += [_Slice(getattr(mod, f"weight_ih_l{k}"), 0, g), _Slice(getattr(mod, f"weight_hh_l{k}"), 0, g),
-                    _Slice(getattr(mod, f"weight_hh_l{k}"), 1)]
-            if k > 0:
-                out.append(_Slice(getattr(mod, f"weight_ih_l{k}"), 1))
-            if mod.bias:
-                out += [_Slice(getattr(mod, f"bias_ih_l{k}"), 0, g), _Slice(getattr(mod, f"bias_hh_l{k}"), 0, g)]
+            for sfx in sfxs:  # unit u of every direction (layers above: inputs u and H + u)
+                w_ih, w_hh = getattr(mod, f"weight_ih_l{k}{sfx}"), getattr(mod, f"weight_hh_l{k}{sfx}")
+                out += [_Slice(w_ih, 0, g), _Slice(w_hh, 0, g), _Slice(w_hh, 1)]
+                if k > 0:
+                    out.append(_Slice(w_ih, 1, dirs))
+                if mod.bias:
+                    out += [_Slice(getattr(mod, f"bias_ih_l{k}{sfx}"), 0, g),
+                            _Slice(getattr(mod, f"bias_hh_l{k}{sfx}"), 0, g)]
         return out
     if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
         if is_out:

@@ -83,11 +83,14 @@ class PrunableLayer:
         cin = self.in_channels if cin is None else cin
         cout = self.out_channels if cout is None else cout
         parts = [self.kind, f"i{cin}", f"o{cout}"]
+        if self.kind == "attention":  # the core has no weights: no bias token
+            return "-".join(parts + [f"d{self.head_dim}", f"b{self.rows}", f"t{self.seq_len}"])
         if self.kind == "conv":
             parts += [f"k{self.kernel[0]}x{self.kernel[1]}", f"s{self.stride[0]}x{self.stride[1]}",
                       f"p{self.padding[0]}x{self.padding[1]}", f"d{self.dilation[0]}x{self.dilation[1]}",
                       f"hw{self.input_hw[0]}x{self.input_hw[1]}" if self.input_hw else "hw?",
-                      "dw" if self.depthwise else (f"g{self.groups}" if self.groups > 1 else "dense")]
+                      "dw" if self.depthwise else (f"gw{self.group_width}" if self.group_width > 0 else
+                                                   f"g{self.groups}" if self.groups > 1 else "dense")]
         elif self.kind == "linear":
             parts += [f"r{self.rows}"]
         else:
@@ -106,15 +109,24 @@ class PrunableLayer:
             return None
         return kind, int(cin), int(cout), shape
 
+    def groups_at(self, cin: int) -> int:
+        """A grouped conv's ``groups`` at ``cin`` input channels: ``cin // group_width``
+        when the group width is fixed (pruning removes whole conv groups), else ``groups``."""
+        if self.group_width > 0:
+            return max(1, int(cin) // self.group_width)
+        return max(1, self.groups)
+
     def macs(self, cin: int, cout: int) -> int:
         if self.kind == "conv":
             h, w = self.input_hw or (1, 1)
             oh = (h + 2 * self.padding[0] - self.dilation[0] * (self.kernel[0] - 1) - 1) // self.stride[0] + 1
             ow = (w + 2 * self.padding[1] - self.dilation[1] * (self.kernel[1] - 1) - 1) // self.stride[1] + 1
-            per_out = self.kernel[0] * self.kernel[1] * (1 if self.depthwise else cin // max(1, self.groups))
+            per_out = self.kernel[0] * self.kernel[1] * (1 if self.depthwise else cin // self.groups_at(cin))
             return oh * ow * cout * per_out
         if self.kind == "linear":
             return self.rows * cin * cout
+        if self.kind == "attention":  # q k^T and p v: tokens^2 * channels each, per batch row
+            return 2 * max(1, self.rows) * max(1, self.seq_len) ** 2 * cin
         gates = 4 if self.kind == "lstm" else 3
         return self.seq_len * self.rows * gates * cout * (cin + cout)
 

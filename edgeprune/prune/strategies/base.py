@@ -64,14 +64,19 @@ class SearchContext:
 
     def candidates(self, gid: str, space: "TracedSpace | None" = None) -> list[int]:
         """Snapped widths for ``gid`` within [min_size, current size], ascending, always
-        including the current size."""
+        including the current size. A group whose channels come in blocks (``unit``: conv
+        groups, heads) gets only multiples of ``unit``; if the latency model offers none
+        below full size (a table measured without the blocks in mind), every multiple."""
         g = (space or self.space).groups[gid]
-        lo = max(1, g.min_size)
+        unit = max(1, g.unit)
+        lo = max(1, g.min_size, unit)
         try:
             cands = [int(c) for c in self.latency.candidates(gid)]
         except (KeyError, LookupError):
             cands = []
-        out = sorted({c for c in cands if lo <= c <= g.size} | {g.size})
+        out = sorted({c for c in cands if lo <= c <= g.size and c % unit == 0} | {g.size})
+        if unit > 1 and len(out) == 1:
+            out = list(range(-(-lo // unit) * unit, g.size + 1, unit)) or [g.size]
         return out
 
     def min_widths(self, space: "TracedSpace | None" = None) -> Widths:

@@ -12,7 +12,14 @@ from edgeprune.prune.strategies.base import STRATEGIES, SearchContext, SearchRes
 
 
 def uniform_widths(ctx: SearchContext, ratio: float) -> Widths:
-    return {g.id: int(min(g.size, max(max(1, g.min_size), round(ratio * g.size)))) for g in ctx.space.prunable_groups()}
+    """``round(ratio * size)`` per group, in whole blocks of the group's ``unit`` (conv
+    groups, heads), within [min_size, size]."""
+    out: Widths = {}
+    for g in ctx.space.prunable_groups():
+        unit = max(1, g.unit)
+        lo = -(-max(1, g.min_size, unit) // unit) * unit
+        out[g.id] = int(min(g.size, max(lo, round(ratio * g.size / unit) * unit)))
+    return out
 
 
 @STRATEGIES.register("uniform")
