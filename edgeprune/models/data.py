@@ -95,6 +95,15 @@ def digits_sequences(size: int = 32, seed: int = 0) -> ModelData:
     )
 
 
+def _val_split(name: str, n_samples: int, val_batch: int) -> tuple[slice, slice]:
+    """(train, validation) slices of samples already in random order: the validation
+    split a multiple of ``val_batch`` (the deployment batch), about VAL_FRACTION."""
+    n_val = max(val_batch, int(round(n_samples * VAL_FRACTION / val_batch)) * val_batch)
+    if n_val >= n_samples:
+        raise ModelError(f"{name}: {n_samples} samples are too few for a validation split of {n_val}")
+    return slice(n_val, None), slice(0, n_val)
+
+
 def recsys_synthetic(
     n_users: int = 2000,
     n_items: int = 1000,
@@ -127,11 +136,8 @@ def recsys_synthetic(
     score = np.einsum("nr,nr->n", users_f[users], items_f[items]) + user_bias[users] + item_bias[items]
     score += rng.normal(scale=noise, size=n_samples)
     labels = (score > np.median(score)).astype(np.int64)
-    n_val = max(val_batch, int(round(n_samples * VAL_FRACTION / val_batch)) * val_batch)
-    if n_val >= n_samples:
-        raise ModelError(f"recsys_synthetic: {n_samples} samples are too few for a validation split of {n_val}")
+    tr, va = _val_split("recsys_synthetic", n_samples, val_batch)  # pairs are already in random order
     u, i = users.astype(np.int64), items.astype(np.int64)
-    tr, va = slice(n_val, None), slice(0, n_val)  # pairs are already in random order
     return ModelData(
         train=DataSplit([u[tr], i[tr]], labels[tr]),
         val=DataSplit([u[va], i[va]], labels[va]),
@@ -185,10 +191,7 @@ def dlrm_synthetic(
             logit += np.einsum("nr,nr->n", vecs[a], vecs[b])
     logit += rng.normal(scale=noise, size=n_samples)
     labels = (logit > np.median(logit)).astype(np.int64)
-    n_val = max(val_batch, int(round(n_samples * VAL_FRACTION / val_batch)) * val_batch)
-    if n_val >= n_samples:
-        raise ModelError(f"dlrm_synthetic: {n_samples} samples are too few for a validation split of {n_val}")
-    tr, va = slice(n_val, None), slice(0, n_val)
+    tr, va = _val_split("dlrm_synthetic", n_samples, val_batch)
     return ModelData(
         train=DataSplit([dense[tr], sparse[tr]], labels[tr]),
         val=DataSplit([dense[va], sparse[va]], labels[va]),
