@@ -160,6 +160,7 @@ def tp_prune(model, importance: str, target_macs: int, opts, log: Callable[[str]
     ``prune_model`` recovers its own cut. Returns the record fields and ``module``."""
     import torch
 
+    from edgeprune.latency.variants import space_of
     from edgeprune.models.train import evaluate, torch_threads
     from edgeprune.prune.finetune import FinetuneConfig, finetune, has_batchnorm, recalibrate_bn
 
@@ -177,7 +178,7 @@ def tp_prune(model, importance: str, target_macs: int, opts, log: Callable[[str]
         acc_search = float(evaluate(pruned, data.val, data.task, batch_size=256))
         t1 = time.perf_counter()
         if opts.finetune_epochs > 0:
-            cfg = FinetuneConfig(epochs=opts.finetune_epochs, lr=opts.lr, batch_size=opts.batch_size,
+            cfg = FinetuneConfig(epochs=opts.finetune_epochs, lr=opts.learning_rate(space_of(model)), batch_size=opts.batch_size,
                                  distill=opts.distill, seed=opts.seed + 1, shift=opts.shift)
             before = copy.deepcopy(pruned.state_dict())
             teacher = copy.deepcopy(model.module).eval() if opts.distill else None

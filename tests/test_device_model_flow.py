@@ -132,6 +132,39 @@ def test_the_pruned_model_is_timed_against_the_budget(built, tmp_path):
     assert any("latency budget" in n for n in res.notes)
 
 
+def test_a_check_too_close_to_call_is_timed_again_and_its_rounds_pooled(built, tmp_path):
+    """A verdict waits for a clear measurement: when the 90 % interval of the paired ratios
+    contains the line the verdict turns on, the same widths are timed again (rounds pooled,
+    one check replacing the other), at most VERIFY_BUNDLES times; a line far outside the
+    interval is decided on the first timing. Real ONNX Runtime timings of a pruned variant."""
+    from edgeprune.bench.stats import median_interval
+    from edgeprune.flows.budget import VERIFY_BUNDLES, _clear_check
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.models.spec import load_model
+
+    target, _ = built
+    model = load_model(SMALL)
+    lm = profile_model(model, target, LOCAL, "onnxruntime", fast(target, model_rounds=3),
+                       _fresh_store(built, tmp_path), log=lambda m: None).adaptive
+    widths = {g: max(1, w // 2) for g, w in lm.space.full_widths().items() if lm.space.groups[g].prunable}
+    first = lm.verify(widths)
+    assert first.bundles == 1 and len(first.ratios) == 3
+    lo, hi = first.interval()
+    assert (lo, hi) == median_interval(first.ratios) and lo <= first.fraction <= hi
+
+    logs: list[str] = []
+    clear = _clear_check(lm, widths, (100.0,), logs.append)  # no interval reaches 100x the full model
+    assert clear.bundles == 1 and not logs
+
+    n_checks = len(lm.checks)
+    lines = tuple(i / 1000 for i in range(1, 5000))  # lines every 0.001x: one falls inside any interval
+    pooled = _clear_check(lm, widths, lines, logs.append)
+    assert 2 <= pooled.bundles <= VERIFY_BUNDLES and len(pooled.ratios) == 3 * pooled.bundles
+    assert len(lm.checks) == n_checks + 1  # the pooled timings are one check
+    assert logs and "timing it again" in logs[0]
+    assert pooled.to_dict()["rounds"] == len(pooled.ratios)
+
+
 def test_a_missed_budget_fails_the_run_with_the_pruning_exit_code_and_keeps_the_result(built, tmp_path):
     """A latency model that believes every pruned width costs a tenth of what it does: the
     search keeps nearly every channel, its choice is timed on the device and misses by far

@@ -532,7 +532,7 @@ def test_cli_prune_needs_exactly_one_budget():
 
 
 def test_cli_compile_pruning_options_need_a_budget():
-    res = _cli("compile", "--model", "zoo:digits-cnn", "--distill")
+    res = _cli("compile", "--model", "zoo:digits-cnn", "--lr", "0.01")
     assert res.exit_code == 2 and "only apply when pruning" in res.output
 
 

@@ -15,6 +15,7 @@ from edgeprune.cli.common import (NONE, DeviceArgs, FiniteFloat, FiniteFloatOrNo
 from edgeprune.cli.output import log, out, print_json, table
 from edgeprune.prune.importance import IMPORTANCE
 from edgeprune.prune.options import DEFAULT_MAX_ACCURACY_DROP, DEFAULT_STRATEGY, DEPTH_MODES
+from edgeprune.prune.recipe import CONV_LR, DEFAULT_DISTILL, DEFAULT_FINETUNE_EPOCHS, DEFAULT_LR
 from edgeprune.prune.strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 MODEL_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
 PRUNE_KEYS = ("latency_budget", "latency_ms", "strategy", "importance", "max_accuracy_drop", "keep_layers",
-              "finetune_epochs", "distill", "gradual_steps", "seed", "tables", "profile_budget", "allow_budget_miss",
+              "finetune_epochs", "distill", "lr", "gradual_steps", "seed", "tables", "profile_budget", "allow_budget_miss",
               "depth")
 
 
@@ -55,10 +56,13 @@ def prune_options(required: bool) -> Callable[[Callable], Callable]:
                               f"points. Default: {DEFAULT_MAX_ACCURACY_DROP:g} when the model has validation data (--data, zoo "
                               "models); none: no limit."),
             keep_layer_option("Leave this layer (or every layer under this name) unpruned; repeatable."),
-            click.option("--finetune-epochs", type=FiniteFloat(0), default=3.0, show_default=True, metavar="EPOCHS",
-                         help="Fine-tuning epochs after pruning (0 = none)."),
-            click.option("--distill", is_flag=True,
+            click.option("--finetune-epochs", type=FiniteFloat(0), default=DEFAULT_FINETUNE_EPOCHS, show_default=True,
+                         metavar="EPOCHS", help="Fine-tuning epochs after pruning (0 = none)."),
+            click.option("--distill/--no-distill", default=DEFAULT_DISTILL, show_default=True,
                          help="Fine-tune with knowledge distillation from the original model."),
+            click.option("--lr", type=FiniteFloat(0, min_open=True), metavar="LR",
+                         help=f"Fine-tuning learning rate (Adam). Default: {CONV_LR:g} for convolutional nets, "
+                              f"{DEFAULT_LR:g} for transformers, RNNs and MLPs."),
             click.option("--gradual-steps", type=click.IntRange(1), default=1, show_default=True, metavar="N",
                          help="Prune in this many steps (shrinking budget), fine-tuning after each."),
             seed_option("Seed of every random choice (reproducible)."),
@@ -89,7 +93,7 @@ def _prune_settings(v: dict[str, Any], backend: str | None, required: bool) -> P
     if v["latency_budget"] is None and v["latency_ms"] is None:
         if required:
             raise click.UsageError("say how fast: --latency-budget FRACTION (e.g. 0.5) or --latency-ms MS")
-        tuned = [f"--{k.replace('_', '-')}" for k in ("max_accuracy_drop", "distill", "allow_budget_miss")
+        tuned = [f"--{k.replace('_', '-')}" for k in ("max_accuracy_drop", "lr", "allow_budget_miss")
                  if v[k]] + \
                 ["--keep-layer"] * bool(v["keep_layers"]) + ["--importance"] * bool(v["importance"]) + \
                 ["--depth"] * (v["depth"] != "off")
@@ -101,7 +105,8 @@ def _prune_settings(v: dict[str, Any], backend: str | None, required: bool) -> P
         budget=v["latency_budget"], latency_ms=v["latency_ms"], strategy=v["strategy"], importance=v["importance"],
         max_accuracy_drop=None if off else v["max_accuracy_drop"], accuracy_gate=not off,
         keep_layers=tuple(v["keep_layers"]),
-        finetune_epochs=v["finetune_epochs"], distill=v["distill"], gradual_steps=v["gradual_steps"], seed=v["seed"],
+        finetune_epochs=v["finetune_epochs"], distill=v["distill"], lr=v["lr"], gradual_steps=v["gradual_steps"],
+        seed=v["seed"],
         backend=None if backend in (None, "auto") else backend, tables=v["tables"],
         profile_budget_s=float(v["profile_budget"]), allow_budget_miss=bool(v["allow_budget_miss"]),
         depth=v["depth"],

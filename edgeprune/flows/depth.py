@@ -228,7 +228,7 @@ def prune_depth(
     elif opts.finetune_epochs > 0:
         t1 = time.perf_counter()
         with torch_threads():
-            cfg = FinetuneConfig(epochs=opts.finetune_epochs, lr=opts.lr, batch_size=opts.batch_size,
+            cfg = FinetuneConfig(epochs=opts.finetune_epochs, lr=opts.learning_rate(space), batch_size=opts.batch_size,
                                  distill=opts.distill, seed=opts.seed + 1, shift=opts.shift)
             before = copy.deepcopy(dropped.state_dict())
             acc_ft = finetune(dropped, data, cfg, teacher=original if opts.distill else None, eval_batch=eval_batch,

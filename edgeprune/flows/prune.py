@@ -123,12 +123,13 @@ def prune_model(
     importance_name = opts.importance or strategy_cls.default_importance
     importance_cls = IMPORTANCE.get(importance_name)
     data = model.data
-    if data is None and (strategy_cls.needs_data or importance_cls.needs_data or opts.distill):
+    # distillation (on by default) is part of fine-tuning, which a model without data skips
+    if data is None and (strategy_cls.needs_data or importance_cls.needs_data):
         if opts.importance is None and importance_cls.needs_data and not strategy_cls.needs_data:
             importance_name, importance_cls = "l1", IMPORTANCE.get("l1")  # default falls back quietly
         else:
             need = [n for n, c in ((opts.strategy, strategy_cls), (importance_name, importance_cls)) if c.needs_data]
-            raise PruneError(f"{' and '.join(need) or 'distillation'} needs training data and {model.name} has none",
+            raise PruneError(f"{' and '.join(need)} needs training data and {model.name} has none",
                              "pass --data x.npz (x_train, y_train, x_val, y_val)")
     notes: list[str] = []
     if data is None:
@@ -240,7 +241,7 @@ def prune_model(
                 epochs = opts.finetune_epochs / steps
                 t0 = time.perf_counter()
                 if epochs > 0:
-                    cfg = FinetuneConfig(epochs=epochs, lr=opts.lr, batch_size=opts.batch_size, distill=opts.distill,
+                    cfg = FinetuneConfig(epochs=epochs, lr=opts.learning_rate(space), batch_size=opts.batch_size, distill=opts.distill,
                                          seed=opts.seed + k, shift=opts.shift)
                     before = copy.deepcopy(pruned.state_dict())
                     acc_ft = finetune(pruned, data, cfg, teacher=teacher, eval_batch=eval_batch, log=log,
@@ -298,7 +299,7 @@ def prune_model(
             f"({which}); best trade-off found: {acc_after:.2f}% at predicted "
             f"{predicted:.3f} ms ({predicted / l0:.2f}x of {l0:.3f} ms)",
             result,
-            "results were still written; try a looser --latency-budget, more --finetune-epochs or --distill",
+            "results were still written; try a looser --latency-budget, more --finetune-epochs or another --lr",
         )
     if missed and not opts.allow_budget_miss:
         raise PruneGateError(

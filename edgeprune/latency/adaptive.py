@@ -47,21 +47,35 @@ Log = Callable[[str], None]
 
 @dataclass
 class VariantCheck:
-    """A pruned variant timed end to end beside the full model (raw ms, same bundle)."""
+    """A pruned variant timed end to end beside the full model (raw ms, same bundle).
+    ``ratios`` are its per-round paired ratios to the full model (every bundle it was
+    timed in); ``rounds`` the same in the profile's unit (what :meth:`AdaptiveLatency.learn`
+    stores)."""
 
     widths: dict[str, int]
     pruned_ms: float
     full_ms: float
     predicted_fraction: float
     rounds: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    bundles: int = 1
 
     @property
     def fraction(self) -> float:
         return self.pruned_ms / self.full_ms
 
+    def interval(self, confidence: float = 0.9) -> tuple[float, float]:
+        """Where the true fraction lies (the median's order-statistic interval of the
+        paired ratios, :func:`~edgeprune.bench.stats.median_interval`)."""
+        from edgeprune.bench.stats import median_interval
+
+        return median_interval(self.ratios, confidence) if self.ratios else (self.fraction, self.fraction)
+
     def to_dict(self) -> dict[str, Any]:
+        lo, hi = self.interval()
         return {"measured_fraction": round(self.fraction, 4), "predicted_fraction": round(self.predicted_fraction, 4),
-                "pruned_ms": round(self.pruned_ms, 4), "full_ms": round(self.full_ms, 4)}
+                "pruned_ms": round(self.pruned_ms, 4), "full_ms": round(self.full_ms, 4),
+                "interval_90": [round(lo, 4), round(hi, 4)], "rounds": len(self.ratios), "bundles": self.bundles}
 
 
 class AdaptiveLatency:
@@ -142,19 +156,31 @@ class AdaptiveLatency:
         self._rebuild()
         return len(new) + len(again)
 
-    def verify(self, widths: Mapping[str, int]) -> VariantCheck:
+    def verify(self, widths: Mapping[str, int], previous: VariantCheck | None = None) -> VariantCheck:
         """Time the variant pruned to ``widths`` end to end next to the full model
-        (alternating series: :mod:`~edgeprune.latency.endtoend`)."""
+        (alternating series: :mod:`~edgeprune.latency.endtoend`). With ``previous`` (a check
+        of the same widths), the new rounds are pooled with its rounds: one check, timed
+        longer, replacing ``previous`` (the caller asks when its verdict was not clear)."""
+        import statistics
+
         from edgeprune.errors import BenchError
 
         m = measure_against_full(self.measurer, self.model, self.space, {"pruned": dict(widths)}, self.settings,
-                                 "pruned model end to end")
+                                 "pruned model end to end" + (" (again)" if previous is not None else ""))
         if "pruned" not in m.timings:
             raise BenchError(f"cannot time the pruned model end to end: {m.errors.get('pruned', 'no result')}")
         full_pred = self.predict(self.space.full_widths())
-        check = VariantCheck(dict(widths), m.fraction("pruned") * m.full.ms, m.full.ms,
-                             self.predict(widths) / full_pred,
-                             rounds=[r * self.measurements.full.ms for r in m.ratios("pruned")])
+        ratios, fraction, full_ms, bundles = m.ratios("pruned"), m.fraction("pruned"), m.full.ms, 1
+        if previous is not None:
+            ratios = previous.ratios + ratios
+            fraction = statistics.median(ratios)
+            full_ms = statistics.median([previous.full_ms, m.full.ms])
+            bundles = previous.bundles + 1
+            if self.checks and self.checks[-1] is previous:
+                self.checks.pop()
+        check = VariantCheck(dict(widths), fraction * full_ms, full_ms, self.predict(widths) / full_pred,
+                             rounds=[r * self.measurements.full.ms for r in ratios], ratios=list(ratios),
+                             bundles=bundles)
         self.checks.append(check)
         return check
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from edgeprune.models.base import DataSplit, ModelData, Task
 from edgeprune.models.train import evaluate, torch_threads
+from edgeprune.prune.recipe import DEFAULT_FINETUNE_EPOCHS, DEFAULT_LR
 
 Log = Callable[[str], None]
 
@@ -39,8 +40,8 @@ class FinetuneConfig:
     ``shift``: random image shifts of up to that many pixels (4-D float inputs only).
     """
 
-    epochs: float = 3.0
-    lr: float = 1e-3
+    epochs: float = DEFAULT_FINETUNE_EPOCHS
+    lr: float = DEFAULT_LR
     batch_size: int = 64
     weight_decay: float = 0.0  # Adam L2 on rarely-hit embedding rows would shrink them every step
     distill: bool = False
@@ -237,7 +238,7 @@ def recalibrate_bn(module: nn.Module, data: ModelData, batches: int | None = Non
         module.eval()
 
 
-def recover(module: nn.Module, data: ModelData, steps: int, *, lr: float = 1e-3, batch_size: int = 64,
+def recover(module: nn.Module, data: ModelData, steps: int, *, lr: float = DEFAULT_LR, batch_size: int = 64,
             seed: int = 0, teacher: nn.Module | None = None) -> nn.Module:
     """A brief recovery used inside searches: BN recalibration, then ``steps`` SGD steps
     (distilled when a teacher is given), then BN recalibration again (the candidates are

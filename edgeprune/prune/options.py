@@ -8,6 +8,7 @@ The orchestration that fills them (profile -> search -> cut -> fine-tune -> gate
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,9 +17,12 @@ import numpy as np
 
 from edgeprune.errors import PruneError
 from edgeprune.models.base import LoadedModel
+from edgeprune.prune.recipe import DEFAULT_DISTILL, DEFAULT_FINETUNE_EPOCHS, default_lr
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from edgeprune.prune.space import PruneSpace
 
     from edgeprune.prune.graph import TracedSpace
 
@@ -62,11 +66,11 @@ class PruneOptions:
     max_accuracy_drop: float | None = None  # None: DEFAULT_MAX_ACCURACY_DROP when there is validation data
     accuracy_gate: bool = True  # False: no accuracy limit at all (--max-accuracy-drop none)
     keep_layers: tuple[str, ...] = ()
-    finetune_epochs: float = 3.0
-    distill: bool = False
+    finetune_epochs: float = DEFAULT_FINETUNE_EPOCHS
+    distill: bool = DEFAULT_DISTILL  # from the unpruned model (it is at hand: nothing to train)
     seed: int = 0
     gradual_steps: int = 1
-    lr: float = 1e-3
+    lr: float | None = None  # None: default_lr(the model's layer kinds)
     batch_size: int = 64
     shift: int = 0
     search_eval_samples: int | None = 512
@@ -102,10 +106,17 @@ class PruneOptions:
             raise PruneError(f"--tables must be 'model' or 'full', not {self.tables!r}")
         if not self.profile_budget_s > 0:
             raise PruneError(f"--profile-budget must be positive, got {self.profile_budget_s} s")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise PruneError(f"--lr must be a positive number, got {self.lr}")
         if self.budget_retries < 0:
             raise PruneError("budget_retries must be >= 0")
         if self.depth not in DEPTH_MODES:
             raise PruneError(f"--depth must be one of {', '.join(DEPTH_MODES)}, not {self.depth!r}")
+
+    def learning_rate(self, space: "PruneSpace") -> float:
+        """The fine-tuning learning rate: the user's, else the default for the kinds of
+        the model's layers (:func:`edgeprune.prune.recipe.default_lr`)."""
+        return self.lr if self.lr is not None else default_lr(layer.kind for layer in space.layers)
 
     def accuracy_limit(self, has_validation: bool) -> float | None:
         """The accuracy drop (points) this run may lose, or None for no gate: the user's
