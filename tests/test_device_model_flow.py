@@ -202,6 +202,50 @@ def test_a_missed_budget_fails_the_run_with_the_pruning_exit_code_and_keeps_the_
     assert exc.value.result.module is not None  # everything produced is kept for the caller to write
 
 
+def test_a_retry_with_no_widths_left_ends_on_the_measured_choice_instead_of_losing_it(built, tmp_path):
+    """After a miss the corrected latency model can believe no widths reach the scaled
+    search budget (measured on a 0.3 ms MobileNetV3-Small). The loop then stops on the
+    choice it already measured: the run fails with the pruning exit code and keeps that
+    result, instead of raising "could not meet the budget" with nothing. Here a latency
+    model that turns pessimistic once it has learned a variant stands in for that
+    correction; the device measurements are real."""
+    from edgeprune.flows.profile import profile_model
+    from edgeprune.flows.prune import prune_model
+    from edgeprune.latency.adaptive import AdaptiveLatency
+    from edgeprune.models.spec import load_model
+    from edgeprune.prune.options import PruneGateError
+
+    class Sobered(AdaptiveLatency):
+        learned = False
+
+        def learn(self, check):
+            super().learn(check)
+            self.learned = True
+
+        def predict(self, widths):
+            full = self.space.full_widths()
+            real = super().predict(widths)
+            if dict(widths) == full:
+                return real
+            return 10.0 * real if self.learned else 0.1 * real
+
+    target, _ = built
+    model = load_model(SMALL)
+    a = profile_model(model, target, LOCAL, "onnxruntime", fast(target), _fresh_store(built, tmp_path),
+                      log=lambda m: None).adaptive
+    lm = Sobered(model, a.space, a.make_table, a.measurements, a.fingerprint, a.recorder, a.measurer, a.settings,
+                 a.log)
+    logs: list[str] = []
+    with pytest.raises(PruneGateError, match="latency budget missed") as exc:
+        prune_model(model, latency_model=lm, budget=0.35, importance="l1", finetune_epochs=0, progress=False,
+                    log=logs.append, budget_retries=2)
+    assert exc.value.exit_code == 8
+    check = exc.value.result.budget_check
+    assert check["met"] is False and len(check["attempts"]) == 1, check  # the one measured choice, kept
+    assert any("no widths fit the corrected search budget" in m for m in logs), logs
+    assert exc.value.result.module is not None
+
+
 def test_cached_model_measurements_taken_busy_are_measured_again_on_a_quiet_device(built, tmp_path):
     """Measured busy, reused quiet: measured again, not trusted as quiet."""
     from edgeprune import host
