@@ -24,6 +24,25 @@ def _repo_cwd(monkeypatch, tmp_path):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _stop_signals_not_ignored():
+    """A test run started in the background by a script (``make test &``: the shell
+    ignores SIGINT for it) or under ``nohup`` (SIGHUP ignored) passes the ignored signal
+    on to every process the tests start, and an ignored signal never reaches edgeprune's
+    handlers: the interruption tests would test the shell, not edgeprune (measured: a
+    ``nohup ... &`` CI rehearsal failed all nine Ctrl-C / SIGHUP tests, each passing when
+    run in the foreground). Restore the defaults for this process and its children."""
+    import signal
+
+    restored = {}
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGHUP, signal.SIG_DFL)):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            restored[sig] = signal.signal(sig, default)
+    yield
+    for sig, old in restored.items():
+        signal.signal(sig, old)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _own_tuning_db(tmp_path_factory):
     """TVM builds in tests use an empty tuning database unless a test tunes into its own:
     the user's records (~/.cache/edgeprune/tuning) must not change what the suite builds."""
