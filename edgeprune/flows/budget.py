@@ -104,6 +104,7 @@ def meet_budget(lm: "AdaptiveLatency", search: Callable[[float], "SearchResult"]
     ``search(budget_ms)`` runs the strategy with that budget and returns its result."""
     full: Mapping[str, int] = lm.space.full_widths()
     target = budget_ms / lm.predict(full)
+    limit, floor = target * (1 + tolerance), target * (1 - UNDERSHOOT * tolerance)  # the verdict's two lines
     search_budget = budget_ms
     res = search(search_budget)
     out = BudgetOutcome(res, target, tolerance)
@@ -122,7 +123,7 @@ def meet_budget(lm: "AdaptiveLatency", search: Callable[[float], "SearchResult"]
                 break
             res = again
             out.searches += 1
-        check = _clear_check(lm, res.widths, (target * (1 + tolerance), target * (1 - UNDERSHOOT * tolerance)), log)
+        check = _clear_check(lm, res.widths, (limit, floor), log)
         out.result = res
         out.checks.append(check)
         out.chosen = len(out.checks) - 1
@@ -133,19 +134,19 @@ def meet_budget(lm: "AdaptiveLatency", search: Callable[[float], "SearchResult"]
             log(f"the wider choice missed the budget: keeping the earlier one measured at "
                 f"{out.measured_fraction:.3f}x")
             break
-        under = out.met and check.fraction < target * (1 - UNDERSHOOT * tolerance)
+        under = out.met and check.fraction < floor
         if (out.met and not under) or attempt == retries:
             break
         lm.learn(check)
         still = lm.predict(res.widths) / lm.predict(full)
         if under:
             kept = (res, out.chosen)
-            if still >= target * (1 - UNDERSHOOT * tolerance):  # the model did not learn it: trust the device
+            if still >= floor:  # the model did not learn it: trust the device
                 search_budget *= target / check.fraction
             log(f"measured well under the budget ({check.fraction:.3f}x for {target:.3f}x): searching again for "
                 f"the accuracy the budget pays for ({attempt + 2}/{retries + 1})")
         else:
-            if still <= target * (1 + tolerance):  # the corrected model still believes it: trust the device
+            if still <= limit:  # the corrected model still believes it: trust the device
                 search_budget *= target / check.fraction
             log(f"budget missed: the measurement now corrects the latency model (it predicts {still:.3f}x for "
                 f"that choice); searching again ({attempt + 2}/{retries + 1})")

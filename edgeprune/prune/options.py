@@ -22,9 +22,8 @@ from edgeprune.prune.recipe import DEFAULT_DISTILL, DEFAULT_FINETUNE_EPOCHS, def
 if TYPE_CHECKING:
     from torch import nn
 
-    from edgeprune.prune.space import PruneSpace
-
     from edgeprune.prune.graph import TracedSpace
+    from edgeprune.prune.space import PruneSpace
 
 
 #: the accuracy limit (points of validation accuracy) of a run whose user set none: large

@@ -116,14 +116,11 @@ class Knapsack(Strategy):
         """Validation accuracy of the cut, BatchNorm recalibrated (a cut shifts the
         statistics after it; uncalibrated, every candidate would look collapsed), after
         ``steps`` recovery steps (distilled when the context has a teacher)."""
-        from edgeprune.prune.finetune import recalibrate_bn, recover
+        from edgeprune.prune.finetune import recover
 
         m = ctx.cut(w)
         assert ctx.data is not None
-        if steps > 0:
-            recover(m, ctx.data, steps, seed=ctx.seed, teacher=ctx.teacher)
-        else:
-            recalibrate_bn(m, ctx.data, seed=ctx.seed)
+        recover(m, ctx.data, steps, seed=ctx.seed, teacher=ctx.teacher)  # steps=0: BN recalibration only
         return ctx.evaluate(m)
 
     def _weigh_slivers(self, ctx, groups, cands, values, w: Widths, history, notes,
